@@ -1,0 +1,58 @@
+"""garrison: keep programs alive when the services they call misbehave.
+
+Resilience mechanisms are actors (on pykka); operations travel to them as
+:class:`Execute` messages through :class:`Ref` handles; a :class:`Runtime` owns the clock,
+the scheduler and the actors. See ``README.md`` for a tour.
+"""
+
+from garrison._actor import Actor
+from garrison._clock import Clock, SystemClock
+from garrison._dead_letters import DeadLetter, DeadLetters
+from garrison._future import Future
+from garrison._messages import Execute, Priority
+from garrison._ref import Ref
+from garrison._runtime import Runtime
+from garrison._scheduler import Scheduler, TimerHandle
+from garrison.errors import (
+    ActorUnavailable,
+    AskTimeout,
+    BulkheadFull,
+    CircuitOpen,
+    ConfigError,
+    GarrisonError,
+    OperationTimeout,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+    Rejected,
+    RetriesExhausted,
+)
+
+__all__ = [
+    "Actor",
+    "ActorUnavailable",
+    "AskTimeout",
+    "BulkheadFull",
+    "CircuitOpen",
+    "Clock",
+    "ConfigError",
+    "DeadLetter",
+    "DeadLetters",
+    "Execute",
+    "Future",
+    "GarrisonError",
+    "OperationTimeout",
+    "Priority",
+    "QueueFull",
+    "QueueTimeout",
+    "RateLimited",
+    "Ref",
+    "Rejected",
+    "RetriesExhausted",
+    "Runtime",
+    "Scheduler",
+    "SystemClock",
+    "TimerHandle",
+]
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,227 @@
+"""garrison's actor base: pykka's ThreadingActor with deferred replies and safe failure.
+
+What it changes in pykka's receive loop:
+
+- **Deferred replies.** pykka answers an ask with ``on_receive``'s return value. A garrison
+  actor may instead call :meth:`Actor.defer` to take the reply future and complete it
+  later, from any thread: a stage forwards an operation together with its reply future and
+  the worker at the end of the chain answers the caller directly.
+- **A crash is a crash.** An exception escaping ``on_receive`` crashes the actor, for an
+  ask as for a tell (pykka keeps an actor running when an ask fails): the asker gets the
+  error, the actor stops, and whatever it had queued is answered
+  (:class:`~garrison.errors.ActorUnavailable` for asks, dead letters for tells) unless a
+  supervisor takes the mailbox over to restart the actor. A ``BaseException`` crashes this
+  actor alone; pykka would stop every actor in the process.
+- **Nothing unanswered.** The inbox is a :class:`~garrison._mailbox.Mailbox`, so no message
+  sent around a stop is ever left without an outcome.
+- Actor threads are daemon threads.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pykka
+from pykka import messages
+from pykka._envelope import Envelope
+
+from garrison._future import Future
+from garrison._mailbox import Mailbox
+from garrison.observability.events import emit
+
+__all__ = ["Actor", "CrashListener", "Ping"]
+
+CrashListener = Callable[["Actor", BaseException], bool]
+"""Called in the crashing actor's thread; returns True to keep the mailbox for a restart."""
+
+
+class Ping:
+    """A message every garrison actor answers with ``None`` once it has handled all before it."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Ping()"
+
+
+PING = Ping()
+
+
+class Actor(pykka.ThreadingActor):
+    """Base class of garrison's actors (and of users' actors that want deferred replies).
+
+    Subclasses implement ``on_receive(message)`` as with pykka. To answer later, call
+    ``reply = self.defer()`` while handling the message and complete ``reply`` (a
+    :class:`garrison.Future`) whenever and wherever the answer is known. To refuse a message
+    without crashing (a message of the wrong type, say) call ``self.reject(error)``.
+    """
+
+    use_daemon_thread: ClassVar[bool] = True
+
+    _current: Envelope[Any] | None
+    _deferred: bool
+    _thread: threading.Thread | None
+    _crash_listener: CrashListener | None
+
+    @staticmethod
+    def _create_actor_inbox() -> Mailbox:
+        return Mailbox()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._current = None
+        self._deferred = False
+        self._thread = None
+        self._crash_listener = None
+
+    @property
+    def mailbox(self) -> Mailbox:
+        """This actor's mailbox."""
+        inbox = self.actor_inbox
+        assert isinstance(inbox, Mailbox)
+        return inbox
+
+    # -- replies ----------------------------------------------------------------------------
+
+    def defer(self) -> Future[Any]:
+        """Take the reply of the message being handled, to complete it later.
+
+        For an ask this is the asker's future. For a tell it is a new future whose error
+        outcome, if any, goes to dead letters. Call it only while handling a message.
+        """
+        envelope = self._current
+        if envelope is None:
+            raise RuntimeError("defer() called outside of message handling")
+        self._deferred = True
+        reply = envelope.reply_to
+        if isinstance(reply, Future):
+            return reply
+        future: Future[Any] = Future()
+        if reply is not None:  # a plain pykka future: relay the outcome to it
+            future.add_done_callback(_relay_to(reply))
+        else:
+            future.add_done_callback(self._dead_letter_on_failure(envelope.message))
+        return future
+
+    def reject(self, error: BaseException) -> None:
+        """Answer the message being handled with ``error`` without crashing the actor."""
+        self.defer().try_set_exception(error)
+
+    def _dead_letter_on_failure(self, message: Any) -> Callable[[Future[Any]], None]:
+        mailbox = self.mailbox
+
+        def record(future: Future[Any]) -> None:
+            error = future.exception(0)
+            if error is not None:
+                mailbox.dead_letters.record(mailbox.name, message, "its handling failed", error)
+
+        return record
+
+    # -- the receive loop (replaces pykka's) ------------------------------------------------
+
+    def _actor_loop_setup(self) -> None:
+        self._thread = threading.current_thread()
+        try:
+            self.on_start()
+        except BaseException as exc:
+            self._crash(None, exc)
+
+    def _actor_loop_running(self) -> None:
+        inbox = self.actor_inbox
+        stopped = self.actor_stopped
+        while not stopped.is_set():
+            envelope = inbox.get()
+            message = envelope.message
+            if message is PING:
+                if envelope.reply_to is not None:
+                    envelope.reply_to.set(None)
+                continue
+            self._current = envelope
+            self._deferred = False
+            try:
+                response = self._handle_receive(message)
+            except BaseException as exc:
+                self._current = None
+                self._crash(envelope, exc)
+                continue
+            self._current = None
+            if not self._deferred and envelope.reply_to is not None:
+                envelope.reply_to.set(response)
+
+    def _actor_loop_teardown(self) -> None:
+        if not self.mailbox.suspended:
+            self.mailbox.close("the actor has stopped")
+
+    def _crash(self, envelope: Envelope[Any] | None, error: BaseException) -> None:
+        """Handle an exception that escaped this actor's own code."""
+        # Stop first, so whoever receives the error already sees a stopped actor.
+        pykka.ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+        if envelope is not None:
+            reply = envelope.reply_to
+            if reply is not None:
+                if isinstance(reply, Future):
+                    reply.try_set_exception(error)
+                else:
+                    _relay_error(reply, error)
+            elif not isinstance(envelope.message, messages._ActorStop):
+                self.mailbox.dead_letters.record(
+                    self.mailbox.name, envelope.message, "its handler crashed", error
+                )
+        emit(
+            "garrison.actor.crashed",
+            level="error",
+            actor=self.mailbox.name,
+            actor_class=type(self).__name__,
+            error=error,
+            exc_info=(type(error), error, error.__traceback__),
+        )
+        try:
+            self.on_failure(type(error), error, error.__traceback__)
+        except Exception as hook_error:
+            emit(
+                "garrison.actor.on_failure_failed",
+                level="error",
+                actor=self.mailbox.name,
+                error=hook_error,
+            )
+        listener = self._crash_listener
+        keep = False
+        if listener is not None:
+            try:
+                keep = listener(self, error)
+            except Exception as listener_error:
+                emit(
+                    "garrison.actor.crash_listener_failed",
+                    level="error",
+                    actor=self.mailbox.name,
+                    error=listener_error,
+                )
+        if keep:
+            self.mailbox.suspend(sys.maxsize)
+
+    # -- default handling -------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """Refuse a message this actor does not handle with a ``TypeError`` reply."""
+        self.reject(
+            TypeError(f"{type(self).__name__} does not handle {type(message).__name__} messages")
+        )
+
+
+def _relay_to(reply: Any) -> Callable[[Future[Any]], None]:
+    def relay(future: Future[Any]) -> None:
+        error = future.exception(0)
+        if error is None:
+            reply.set(future.get(0))
+        else:
+            _relay_error(reply, error)
+
+    return relay
+
+
+def _relay_error(reply: Any, error: BaseException) -> None:
+    reply.set_exception((type(error), error, error.__traceback__))

@@ -1,0 +1,126 @@
+"""Operations travel to actors as messages: :class:`Execute` and :class:`Priority`."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["Execute", "Priority"]
+
+
+class Priority(enum.IntEnum):
+    """How a waiting operation is ordered: ``HIGH`` before ``NORMAL`` before ``LOW``.
+
+    The strings ``"high"``, ``"normal"`` and ``"low"`` (any case) are accepted wherever a
+    Priority is: ``Priority("high") is Priority.HIGH``.
+    """
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @classmethod
+    def _missing_(cls, value: object) -> Priority | None:
+        if isinstance(value, str):
+            member = cls.__members__.get(value.strip().upper())
+            if member is not None:
+                return member
+        return None
+
+    @classmethod
+    def parse(cls, value: Priority | str | int) -> Priority:
+        """Return the Priority ``value`` names; ``ValueError`` listing the choices if none."""
+        if isinstance(value, bool):
+            raise ValueError(f"priority must be one of 'high', 'normal', 'low', got {value!r}")
+        try:
+            return cls(value)  # type: ignore[arg-type]  # strings are handled by _missing_
+        except ValueError:
+            raise ValueError(
+                f"priority must be one of 'high', 'normal', 'low', got {value!r}"
+            ) from None
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Execute:
+    """Run ``fn(*args, **kwargs)`` through whatever stages receive this message.
+
+    ``key`` selects the rate-limit bucket (per client), ``priority`` orders waiting
+    operations, ``timeout`` (seconds) overrides the timeout stage for this operation,
+    ``name`` names the operation in events, metrics and the fallback cache (defaults to the
+    function's qualified name), ``cost`` is its weight against rate limits.
+
+    Everything is validated here, at construction: a non-callable ``fn`` is a
+    ``TypeError``, a bad priority, timeout or cost a ``ValueError``.
+    """
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    key: Hashable | None = None
+    priority: Priority = Priority.NORMAL
+    timeout: float | None = None
+    name: str = ""
+    cost: int = 1
+
+    def __post_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(f"Execute.fn must be callable, got {type(self.fn).__name__}")
+        args: object = self.args
+        if isinstance(args, list):
+            object.__setattr__(self, "args", tuple(args))
+        elif not isinstance(args, tuple):
+            raise TypeError(f"Execute.args must be a tuple, got {type(args).__name__}")
+        if not isinstance(self.kwargs, Mapping):
+            raise TypeError(f"Execute.kwargs must be a mapping, got {type(self.kwargs).__name__}")
+        for kwarg in self.kwargs:
+            if not isinstance(kwarg, str):
+                raise TypeError(f"Execute.kwargs keys must be strings, got {kwarg!r}")
+        if self.kwargs is not _EMPTY:
+            object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if self.key is not None and not isinstance(self.key, Hashable):
+            raise TypeError(f"Execute.key must be hashable, got {type(self.key).__name__}")
+        priority: object = self.priority
+        if not isinstance(priority, Priority):
+            if not isinstance(priority, str | int):
+                raise ValueError(
+                    f"priority must be one of 'high', 'normal', 'low', got {priority!r}"
+                )
+            object.__setattr__(self, "priority", Priority.parse(priority))
+        if self.timeout is not None:
+            timeout = self.timeout
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"Execute.timeout must be a number, got {timeout!r}")
+            if not (timeout > 0 and math.isfinite(timeout)):
+                raise ValueError(f"Execute.timeout must be > 0 and finite, got {timeout!r}")
+            object.__setattr__(self, "timeout", float(timeout))
+        cost: object = self.cost
+        if isinstance(cost, bool) or not isinstance(cost, int):
+            raise TypeError(f"Execute.cost must be an int, got {cost!r}")
+        if self.cost < 1:
+            raise ValueError(f"Execute.cost must be >= 1, got {self.cost}")
+        name: object = self.name
+        if not isinstance(name, str):
+            raise TypeError(f"Execute.name must be a string, got {type(name).__name__}")
+        if not self.name:
+            object.__setattr__(self, "name", _name_of(self.fn))
+
+    def run(self) -> Any:
+        """Call the function with the message's arguments (in the calling thread)."""
+        return self.fn(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        key = f", key={self.key!r}" if self.key is not None else ""
+        timeout = f", timeout={self.timeout}" if self.timeout is not None else ""
+        return f"Execute({self.name}, priority={self.priority.name}{key}{timeout})"
+
+
+def _name_of(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__

@@ -1,0 +1,5 @@
+"""garrison's actors: one actor per resilience mechanism, and the workers that run operations."""
+
+from garrison.actors.worker import WorkerActor
+
+__all__ = ["WorkerActor"]

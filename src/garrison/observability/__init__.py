@@ -1,0 +1,1 @@
+"""Events (structlog) and metrics of garrison."""
