@@ -19,7 +19,6 @@ What it changes in pykka's receive loop:
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -32,10 +31,14 @@ from garrison._future import Future
 from garrison._mailbox import Mailbox
 from garrison.observability.events import emit
 
-__all__ = ["Actor", "CrashListener", "Ping"]
+__all__ = ["Actor", "ExitListener", "Ping", "SafeLoop"]
 
-CrashListener = Callable[["Actor", BaseException], bool]
-"""Called in the crashing actor's thread; returns True to keep the mailbox for a restart."""
+ExitListener = Callable[["SafeLoop", BaseException | None], None]
+"""Called in an actor's own thread when it ends: with the error for a crash, None for a stop.
+
+A supervisor's listener suspends the mailbox (``actor.mailbox.suspend``) when it means to
+restart the actor; otherwise the mailbox is closed and everything queued is answered.
+"""
 
 
 class Ping:
@@ -50,13 +53,12 @@ class Ping:
 PING = Ping()
 
 
-class Actor(pykka.ThreadingActor):
-    """Base class of garrison's actors (and of users' actors that want deferred replies).
+class SafeLoop(pykka.Actor):
+    """garrison's receive loop, as a mixin over any pykka actor class.
 
-    Subclasses implement ``on_receive(message)`` as with pykka. To answer later, call
-    ``reply = self.defer()`` while handling the message and complete ``reply`` (a
-    :class:`garrison.Future`) whenever and wherever the answer is known. To refuse a message
-    without crashing (a message of the wrong type, say) call ``self.reject(error)``.
+    :class:`Actor` is this loop over ``pykka.ThreadingActor``. Supervisors put it in front
+    of users' own ``pykka.ThreadingActor`` classes so that their crashes are detected and
+    their mailboxes survive restarts, without changing their ``on_receive``.
     """
 
     use_daemon_thread: ClassVar[bool] = True
@@ -64,7 +66,9 @@ class Actor(pykka.ThreadingActor):
     _current: Envelope[Any] | None
     _deferred: bool
     _thread: threading.Thread | None
-    _crash_listener: CrashListener | None
+    _exit_listener: ExitListener | None
+    _pending_restore: tuple[Any] | None
+    _crashed: bool
 
     @staticmethod
     def _create_actor_inbox() -> Mailbox:
@@ -75,7 +79,10 @@ class Actor(pykka.ThreadingActor):
         self._current = None
         self._deferred = False
         self._thread = None
-        self._crash_listener = None
+        self._exit_listener = None
+        self._pending_restore = None
+        self._crashed = False
+        self.mailbox.adopt(self)
 
     @property
     def mailbox(self) -> Mailbox:
@@ -125,15 +132,21 @@ class Actor(pykka.ThreadingActor):
     def _actor_loop_setup(self) -> None:
         self._thread = threading.current_thread()
         try:
+            if self._pending_restore is not None:
+                (state,) = self._pending_restore
+                self._pending_restore = None
+                getattr(self, "restore")(state)  # noqa: B009 (an optional hook)
             self.on_start()
         except BaseException as exc:
             self._crash(None, exc)
 
     def _actor_loop_running(self) -> None:
-        inbox = self.actor_inbox
+        mailbox = self.mailbox
         stopped = self.actor_stopped
         while not stopped.is_set():
-            envelope = inbox.get()
+            envelope = mailbox.take(self)
+            if envelope is None:  # retired: a successor owns the mailbox now
+                return
             message = envelope.message
             if message is PING:
                 if envelope.reply_to is not None:
@@ -152,8 +165,23 @@ class Actor(pykka.ThreadingActor):
                 envelope.reply_to.set(response)
 
     def _actor_loop_teardown(self) -> None:
-        if not self.mailbox.suspended:
-            self.mailbox.close("the actor has stopped")
+        if not self._crashed:
+            self._notify_exit(None)
+        self.mailbox.release(self, "the actor has stopped")
+
+    def _notify_exit(self, error: BaseException | None) -> None:
+        listener = self._exit_listener
+        if listener is None:
+            return
+        try:
+            listener(self, error)
+        except Exception as listener_error:
+            emit(
+                "garrison.actor.exit_listener_failed",
+                level="error",
+                actor=self.mailbox.name,
+                error=listener_error,
+            )
 
     def _crash(self, envelope: Envelope[Any] | None, error: BaseException) -> None:
         """Handle an exception that escaped this actor's own code."""
@@ -188,22 +216,18 @@ class Actor(pykka.ThreadingActor):
                 actor=self.mailbox.name,
                 error=hook_error,
             )
-        listener = self._crash_listener
-        keep = False
-        if listener is not None:
-            try:
-                keep = listener(self, error)
-            except Exception as listener_error:
-                emit(
-                    "garrison.actor.crash_listener_failed",
-                    level="error",
-                    actor=self.mailbox.name,
-                    error=listener_error,
-                )
-        if keep:
-            self.mailbox.suspend(sys.maxsize)
+        self._crashed = True
+        self._notify_exit(error)
 
-    # -- default handling -------------------------------------------------------------------
+
+class Actor(SafeLoop, pykka.ThreadingActor):
+    """Base class of garrison's actors (and of users' actors that want deferred replies).
+
+    Subclasses implement ``on_receive(message)`` as with pykka. To answer later, call
+    ``reply = self.defer()`` while handling the message and complete ``reply`` (a
+    :class:`garrison.Future`) whenever and wherever the answer is known. To refuse a message
+    without crashing (a message of the wrong type, say) call ``self.reject(error)``.
+    """
 
     def on_receive(self, message: Any) -> Any:
         """Refuse a message this actor does not handle with a ``TypeError`` reply."""

@@ -6,15 +6,19 @@ gap: putting and closing take one lock, so a message is either queued before the
 answered by the drain) or refused at the door, and either way its asker gets
 :class:`~garrison.errors.ActorUnavailable` and a tell goes to dead letters.
 
-A mailbox can also be *suspended* while its actor restarts: it keeps its queue, and accepts
-at most ``limit`` further messages until a new incarnation resumes it (supervision keeps the
-mailbox across restarts, as Akka does).
+A mailbox outlives the actor incarnation reading it, as in Akka: a supervisor *suspends* it
+while the actor restarts (it keeps its queue and accepts at most ``limit`` more messages)
+and hands it to the new incarnation with :meth:`Mailbox.adopt`. Only the current *owner* may
+take messages; an incarnation that was retired (say, abandoned while stuck in a long call)
+gets ``None`` from :meth:`Mailbox.take` when it comes back and ends without touching the
+queue. Urgent messages (a supervisor's stop) jump the queue.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from typing import Any
 
 from pykka import messages
@@ -35,24 +39,32 @@ class Mailbox:
 
     __slots__ = (
         "_buffered",
+        "_cond",
         "_limit",
         "_lock",
+        "_owner",
         "_queue",
         "_reason",
         "_state",
+        "_urgent",
+        "_waiting",
         "dead_letters",
         "name",
     )
 
     def __init__(self, name: str = "actor", dead_letters: DeadLetters | None = None) -> None:
         self.name = name
-        self.dead_letters = dead_letters if dead_letters is not None else default_dead_letters
-        self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
+        self.dead_letters: Any = dead_letters if dead_letters is not None else default_dead_letters
+        self._queue: deque[Envelope[Any]] = deque()
+        self._urgent: deque[Envelope[Any]] = deque()
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._waiting = 0
         self._state = _OPEN
         self._reason = ""
         self._buffered = 0
         self._limit = 0
+        self._owner: object | None = None
 
     @property
     def closed(self) -> bool:
@@ -64,34 +76,102 @@ class Mailbox:
         """True while the mailbox waits for a new incarnation of its actor."""
         return self._state == _SUSPENDED
 
+    @property
+    def owner(self) -> object | None:
+        """The actor incarnation that reads this mailbox, if any."""
+        return self._owner
+
+    # -- sending ----------------------------------------------------------------------------
+
     def put(self, envelope: Envelope[Any], /) -> None:
         """Queue ``envelope``, or refuse it (failing its asker) if the mailbox is closed."""
         self.offer(envelope)
 
-    def offer(self, envelope: Envelope[Any]) -> bool:
-        """Queue ``envelope`` and return True, or refuse it with an outcome and return False."""
+    def offer(self, envelope: Envelope[Any], *, urgent: bool = False) -> bool:
+        """Queue ``envelope`` and return True, or refuse it with an outcome and return False.
+
+        An ``urgent`` envelope goes ahead of everything queued.
+        """
         with self._lock:
             state = self._state
             if state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
                 if state == _SUSPENDED:
                     self._buffered += 1
-                self._queue.put(envelope)
+                (self._urgent if urgent else self._queue).append(envelope)
+                if self._waiting:
+                    self._cond.notify()
                 return True
             reason = self._reason if state == _CLOSED else "its restart buffer is full"
         self.refuse(envelope, reason)
         return False
 
+    # -- receiving --------------------------------------------------------------------------
+
+    def take(self, owner: object) -> Envelope[Any] | None:
+        """The next envelope for ``owner``, waiting for one; None once ``owner`` is retired."""
+        with self._lock:
+            while True:
+                if self._owner is not owner:
+                    return None
+                if self._urgent:
+                    return self._urgent.popleft()
+                if self._queue:
+                    return self._queue.popleft()
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+
     def get(self) -> Envelope[Any]:
-        """Take the next envelope, waiting for one."""
-        return self._queue.get()
+        """Take the next envelope, waiting for one (pykka's protocol; ignores ownership)."""
+        with self._lock:
+            while not (self._urgent or self._queue):
+                self._waiting += 1
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting -= 1
+            return self._urgent.popleft() if self._urgent else self._queue.popleft()
 
     def empty(self) -> bool:
         """True when nothing is queued."""
-        return self._queue.empty()
+        return not (self._queue or self._urgent)
 
     def qsize(self) -> int:
-        """How many envelopes are queued (approximate while others put)."""
-        return self._queue.qsize()
+        """How many envelopes are queued."""
+        return len(self._queue) + len(self._urgent)
+
+    # -- ownership and lifecycle ------------------------------------------------------------
+
+    def withdraw(self, envelope: Envelope[Any]) -> bool:
+        """Take back a queued ``envelope`` that nobody read yet; True if it was still there."""
+        with self._lock:
+            for queue_ in (self._urgent, self._queue):
+                try:
+                    queue_.remove(envelope)
+                except ValueError:
+                    continue
+                return True
+            return False
+
+    def adopt(self, owner: object) -> None:
+        """Make ``owner`` the incarnation that reads this mailbox, and accept messages again.
+
+        A previous owner still waiting in :meth:`take` wakes up and gets None.
+        """
+        with self._lock:
+            self._owner = owner
+            if self._state == _SUSPENDED:
+                self._state = _OPEN
+            self._cond.notify_all()
+
+    def retire(self, owner: object) -> None:
+        """Take the mailbox away from ``owner`` (if it has it); its :meth:`take` returns None."""
+        with self._lock:
+            if self._owner is owner:
+                self._owner = None
+                self._cond.notify_all()
 
     def suspend(self, limit: int) -> None:
         """Keep the queue for a coming incarnation; accept at most ``limit`` more messages."""
@@ -101,11 +181,19 @@ class Mailbox:
                 self._buffered = 0
                 self._limit = limit
 
-    def resume(self) -> None:
-        """Accept messages again without bound (a new incarnation reads the queue)."""
+    def release(self, owner: object, reason: str) -> None:
+        """``owner`` has ended: close the mailbox unless it is kept for a successor.
+
+        Does nothing if ``owner`` no longer owns the mailbox (it was retired and someone
+        else handles the queue) or if the mailbox is suspended for a restart.
+        """
         with self._lock:
+            if self._owner is not owner:
+                return
+            self._owner = None
             if self._state == _SUSPENDED:
-                self._state = _OPEN
+                return
+        self.close(reason)
 
     def close(self, reason: str) -> int:
         """Refuse every further message and answer every queued one; return how many.
@@ -117,12 +205,10 @@ class Mailbox:
                 self._state = _CLOSED
                 self._reason = reason
             reason = self._reason
-            leftovers: list[Envelope[Any]] = []
-            while True:
-                try:
-                    leftovers.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            leftovers = list(self._urgent) + list(self._queue)
+            self._urgent.clear()
+            self._queue.clear()
+            self._cond.notify_all()
         for envelope in leftovers:
             self.refuse(envelope, reason)
         return len(leftovers)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Execute", "Priority"]
+__all__ = ["Execute", "OperationFailed", "Priority"]
 
 
 class Priority(enum.IntEnum):
@@ -124,3 +124,17 @@ class Execute:
 def _name_of(fn: Callable[..., Any]) -> str:
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     return name if isinstance(name, str) else type(fn).__name__
+
+
+@dataclass(frozen=True, slots=True)
+class OperationFailed:
+    """An operation that failed with nobody waiting for it, routed to a fallback actor.
+
+    A supervisor whose ``route_failures_to`` names a child sends it one of these for every
+    told :class:`Execute` that a crash or a give-up left without an outcome.
+    """
+
+    operation: Execute
+    error: BaseException | None
+    reason: str
+    source: str

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import inspect
 import threading
 from types import TracebackType
 from typing import Any, Self
 
 import pykka
 
-from garrison._actor import Actor
 from garrison._clock import Clock, SystemClock
 from garrison._dead_letters import DeadLetters
 from garrison._loop import EventLoopThread
-from garrison._mailbox import Mailbox
-from garrison._ref import Ref, actor_of
+from garrison._ref import Ref
 from garrison._scheduler import ManualScheduler, ThreadScheduler, make_scheduler
+from garrison._spawn import inject_services, start_actor, stop_and_join
 from garrison.observability.events import emit
 
 __all__ = ["Runtime"]
@@ -132,15 +130,7 @@ class Runtime:
     def inject(self, actor_class: type[pykka.Actor], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Add the runtime's services to ``kwargs`` where ``actor_class`` takes them."""
         services = {"clock": self.clock, "scheduler": self.scheduler, "loop": self.loop}
-        try:
-            parameters = inspect.signature(actor_class.__init__).parameters
-        except (TypeError, ValueError):
-            return kwargs
-        merged = dict(kwargs)
-        for key, service in services.items():
-            if key in parameters and key not in merged:
-                merged[key] = service
-        return merged
+        return inject_services(actor_class, kwargs, services)
 
     def actors(self) -> list[Ref]:
         """The Refs of the actors this runtime started, oldest first."""
@@ -149,32 +139,3 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<garrison.Runtime {self.name!r} {self._state}, {len(self._refs)} actors>"
-
-
-def start_actor(
-    actor_class: type[pykka.Actor],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    name: str,
-    dead_letters: DeadLetters,
-) -> pykka.ActorRef[Any]:
-    """Construct and start an actor, naming its mailbox and wiring its dead letters."""
-    actor = actor_class(*args, **kwargs)
-    inbox = actor.actor_inbox
-    if isinstance(inbox, Mailbox):
-        inbox.name = name
-        inbox.dead_letters = dead_letters
-    pykka.ActorRegistry.register(actor.actor_ref)
-    actor._start_actor_loop()
-    return actor.actor_ref
-
-
-def stop_and_join(ref: Ref, timeout: float) -> bool:
-    """Stop the actor behind ``ref`` and wait for its thread to end; True if it did in time."""
-    actor = actor_of(ref.actor_ref)
-    stopped = ref.stop(timeout)
-    thread = actor._thread if isinstance(actor, Actor) else None
-    if thread is not None and thread is not threading.current_thread():
-        thread.join(timeout)
-        return stopped and not thread.is_alive()
-    return stopped

@@ -25,6 +25,7 @@ __all__ = [
     "RateLimited",
     "Rejected",
     "RetriesExhausted",
+    "SupervisorGaveUp",
 ]
 
 
@@ -193,3 +194,27 @@ def _rebuild(
     cls: type[GarrisonError], args: tuple[object, ...], kwargs: dict[str, object]
 ) -> GarrisonError:
     return cls(*args, **kwargs)
+
+
+class SupervisorGaveUp(GarrisonError):
+    """A supervisor's children failed more than ``max_restarts`` times in ``within_seconds``.
+
+    The supervisor stopped its children and failed with this error; its parent handles that
+    like any other child failure (escalation).
+    """
+
+    def __init__(
+        self, supervisor: str, max_restarts: int, within_seconds: float, last_error: object = None
+    ) -> None:
+        self.supervisor = supervisor
+        self.max_restarts = max_restarts
+        self.within_seconds = within_seconds
+        self.last_error = last_error
+        super().__init__(
+            f"supervisor {supervisor!r} gave up: more than {max_restarts} restarts within "
+            f"{within_seconds:g}s (last failure: {last_error!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        args = (self.supervisor, self.max_restarts, self.within_seconds, repr(self.last_error))
+        return (_rebuild, (type(self), args, {}))
