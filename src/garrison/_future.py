@@ -12,6 +12,7 @@ plain pykka actors complete it through ``set`` / ``set_exception`` like their ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Generator
@@ -43,7 +44,7 @@ class Future(pykka.Future[T], Generic[T]):
     ``await fut`` waits inside asyncio without blocking the event loop.
     """
 
-    __slots__ = ("_callbacks", "_error", "_lock", "_state", "_value", "_waiter")
+    __slots__ = ("_callbacks", "_error", "_lock", "_state", "_tb", "_value", "_waiter")
 
     def __init__(self) -> None:
         super().__init__()
@@ -51,6 +52,7 @@ class Future(pykka.Future[T], Generic[T]):
         self._state = _PENDING
         self._value: Any = None
         self._error: BaseException | None = None
+        self._tb: Any = None
         self._waiter: threading.Event | None = None
         self._callbacks: list[Callable[[Future[T]], object]] | None = None
 
@@ -98,6 +100,7 @@ class Future(pykka.Future[T], Generic[T]):
                 return False
             self._value = value
             self._error = error
+            self._tb = error.__traceback__ if error is not None else None
             self._state = state
             waiter = self._waiter
             callbacks = self._callbacks
@@ -133,7 +136,7 @@ class Future(pykka.Future[T], Generic[T]):
             raise AskTimeout(timeout if timeout is not None else 0.0)
         if self._state == _FAILED:
             assert self._error is not None
-            raise self._error
+            raise self._error.with_traceback(self._tb)
         return cast(T, self._value)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -171,7 +174,10 @@ class Future(pykka.Future[T], Generic[T]):
             waiter: asyncio.Future[None] = loop.create_future()
 
             def wake(_: Future[T]) -> None:
-                loop.call_soon_threadsafe(_resolve, waiter)
+                if waiter.done() or loop.is_closed():
+                    return
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(_resolve, waiter)
 
             self.add_done_callback(wake)
             yield from waiter.__await__()

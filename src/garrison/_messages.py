@@ -26,9 +26,11 @@ class Priority(enum.IntEnum):
     @classmethod
     def _missing_(cls, value: object) -> Priority | None:
         if isinstance(value, str):
-            member = cls.__members__.get(value.strip().upper())
-            if member is not None:
-                return member
+            text = value.strip()
+            if text.isascii():
+                member = cls.__members__.get(text.upper())
+                if member is not None:
+                    return member
         return None
 
     @classmethod
@@ -84,8 +86,13 @@ class Execute:
                 raise TypeError(f"Execute.kwargs keys must be strings, got {kwarg!r}")
         if self.kwargs is not _EMPTY:
             object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
-        if self.key is not None and not isinstance(self.key, Hashable):
-            raise TypeError(f"Execute.key must be hashable, got {type(self.key).__name__}")
+        if self.key is not None:
+            try:
+                hash(self.key)
+            except TypeError:
+                raise TypeError(
+                    f"Execute.key must be hashable, got {type(self.key).__name__}"
+                ) from None
         priority: object = self.priority
         if not isinstance(priority, Priority):
             if not isinstance(priority, str | int):

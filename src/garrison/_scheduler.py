@@ -61,13 +61,10 @@ class TimerHandle:
 
     def cancel(self) -> bool:
         """Cancel the delivery; return False if it was already delivered or cancelled."""
-        if self.cancelled or self.fired:
-            return False
-        self.cancelled = True
         owner = self._owner
-        if owner is not None:
-            owner._note_cancelled()
-        return True
+        if owner is None:
+            return False
+        return owner._cancel(self)
 
     @property
     def active(self) -> bool:
@@ -121,10 +118,16 @@ class _HeapScheduler:
 
     def schedule(self, delay: float, target: Target, message: Any) -> TimerHandle:
         """Tell ``message`` to ``target`` after ``delay`` seconds (at once if ``delay <= 0``)."""
-        if not isinstance(delay, int | float) or math.isnan(delay):
-            raise ValueError(f"delay must be a number of seconds, got {delay!r}")
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+        ):
+            raise ValueError(f"delay must be a finite number of seconds, got {delay!r}")
         if not callable(getattr(target, "tell", None)):
             raise TypeError(f"timer target must have a tell() method, got {target!r}")
+        if self._stopped:
+            raise RuntimeError("the scheduler has stopped")
         if delay <= 0:
             handle = TimerHandle(self._clock.monotonic(), next(self._seq), target, message, None)
             self._fire(handle)
@@ -165,7 +168,9 @@ class _HeapScheduler:
         with self._lock:
             self._drop_cancelled_head()
             if self._heap and self._heap[0].due <= now:
-                return heapq.heappop(self._heap)
+                handle = heapq.heappop(self._heap)
+                handle.fired = True
+                return handle
             return None
 
     def _drop_cancelled_head(self) -> None:
@@ -174,13 +179,17 @@ class _HeapScheduler:
             heapq.heappop(heap)
             self._cancelled -= 1
 
-    def _note_cancelled(self) -> None:
+    def _cancel(self, handle: TimerHandle) -> bool:
         with self._lock:
+            if handle.cancelled or handle.fired:
+                return False
+            handle.cancelled = True
             self._cancelled += 1
             if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
                 self._heap = [h for h in self._heap if not h.cancelled]
                 heapq.heapify(self._heap)
                 self._cancelled = 0
+            return True
 
     def _fire(self, handle: TimerHandle) -> None:
         handle.fired = True
@@ -210,7 +219,7 @@ class ThreadScheduler(_HeapScheduler):
 
     def schedule(self, delay: float, target: Target, message: Any) -> TimerHandle:
         """Tell ``message`` to ``target`` after ``delay`` seconds (at once if ``delay <= 0``)."""
-        if delay > 0:
+        if isinstance(delay, int | float) and math.isfinite(delay) and delay > 0:
             self._ensure_thread()
         return super().schedule(delay, target, message)
 
@@ -237,9 +246,10 @@ class ThreadScheduler(_HeapScheduler):
                     continue
                 wait = self._heap[0].due - clock.monotonic()
                 if wait > 0:
-                    self._condition.wait(wait)
+                    self._condition.wait(min(wait, threading.TIMEOUT_MAX))
                     continue
                 handle = heapq.heappop(self._heap)
+                handle.fired = True
             self._fire(handle)
 
     def stop(self, timeout: float = 5.0) -> None:

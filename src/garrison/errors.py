@@ -70,10 +70,11 @@ class ActorUnavailable(GarrisonError, pykka.ActorDeadError):
         return (type(self), (self.actor, self.reason))
 
 
-class AskTimeout(GarrisonError, TimeoutError):
+class AskTimeout(GarrisonError, TimeoutError, pykka.Timeout):
     """Waiting for a reply took longer than the caller allowed.
 
     Only the wait ends: the message stays delivered and the operation may still complete.
+    It is a :class:`pykka.Timeout` too.
     """
 
     def __init__(self, timeout: float) -> None:

@@ -43,7 +43,7 @@ from garrison.observability.events import emit
 from garrison.policies.intensity import RestartIntensity, restart_delay
 from garrison.supervision._spec import ChildSpec, Restart, Strategy
 
-__all__ = ["Supervisor", "SupervisorRef"]
+__all__ = ["RefRegistry", "Supervisor", "SupervisorRef"]
 
 
 # -- messages the supervisor handles ---------------------------------------------------------
@@ -145,6 +145,35 @@ class _FailureRoute:
         self._fallback.record(recipient, message, reason, error)
 
 
+class RefRegistry:
+    """The stable Refs of a supervision tree by path, shared by all its supervisors.
+
+    A child restarted by its supervisor, or rebuilt because an ancestor restarted, is reached
+    through the same Ref object as before.
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[str, Ref] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> Ref | None:
+        """The Ref registered for ``path``, if any."""
+        with self._lock:
+            return self._refs.get(path)
+
+    def put(self, path: str, ref: Ref) -> None:
+        """Register ``ref`` for ``path``."""
+        with self._lock:
+            self._refs[path] = ref
+
+    def remove_tree(self, path: str) -> None:
+        """Forget ``path`` and everything below it."""
+        prefix = path + "/"
+        with self._lock:
+            for key in [k for k in self._refs if k == path or k.startswith(prefix)]:
+                del self._refs[key]
+
+
 # -- the supervisor --------------------------------------------------------------------------
 
 
@@ -183,6 +212,7 @@ class Supervisor(Actor):
         dead_letters: DeadLetters | None = None,
         path: str | None = None,
         seed: int | None = None,
+        ref_registry: RefRegistry | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(name, str) or not name or "/" in name:
@@ -224,7 +254,7 @@ class Supervisor(Actor):
         self.dead_letters = dead_letters if dead_letters is not None else default_dead_letters
         self._rng = random.Random(seed)
         self._children: dict[str, _Child] = {}
-        self._kept_refs: dict[str, Ref] = {}
+        self._registry = ref_registry if ref_registry is not None else RefRegistry()
         self._restarts = 0
         self._restart_token = itertools.count(1)
         self._pending_restart: tuple[int, TimerHandle] | None = None
@@ -299,14 +329,6 @@ class Supervisor(Actor):
         self._terminate_all("its supervisor failed")
         self._release_services()
 
-    def snapshot(self) -> dict[str, Ref]:
-        """The children's stable Refs, so a restarted supervisor keeps handing out the same."""
-        return {name: child.ref for name, child in self._children.items() if child.ref}
-
-    def restore(self, state: dict[str, Ref]) -> None:
-        """Reuse a predecessor's child Refs (see :meth:`snapshot`)."""
-        self._kept_refs = dict(state)
-
     # -- messages ------------------------------------------------------------------------------
 
     def on_receive(self, message: Any) -> Any:
@@ -362,6 +384,7 @@ class Supervisor(Actor):
             return
         self._terminate(child, "it was terminated by its supervisor")
         del self._children[name]
+        self._registry.remove_tree(f"{self.path}/{name}")
 
     # -- starting and stopping children ---------------------------------------------------------
 
@@ -376,6 +399,7 @@ class Supervisor(Actor):
         if issubclass(actor_class, Supervisor):
             kwargs.setdefault("dead_letters", self.dead_letters)
             kwargs.setdefault("path", f"{self.path}/{spec.name}")
+            kwargs.setdefault("ref_registry", self._registry)
             if not args and "name" not in kwargs:
                 args = (spec.name,)
         actor = actor_class(*args, **kwargs)
@@ -403,16 +427,12 @@ class Supervisor(Actor):
         child.state = "running"
         child.started_at = self.clock.monotonic()
         if child.ref is None:
-            kept = self._kept_refs.pop(spec.name, None)
-            if kept is not None:
-                kept.repoint(actor.actor_ref)
-                child.ref = kept
-            elif issubclass(actor_class, Supervisor):
-                child.ref = SupervisorRef(actor.actor_ref, spec.name)
-            else:
-                child.ref = Ref(actor.actor_ref, spec.name)
-        else:
-            child.ref.repoint(actor.actor_ref)
+            child.ref = self._registry.get(path)
+            if child.ref is None:
+                ref_class = SupervisorRef if issubclass(actor_class, Supervisor) else Ref
+                child.ref = ref_class(actor.actor_ref, spec.name)
+                self._registry.put(path, child.ref)
+        child.ref.repoint(actor.actor_ref)
         child.mailbox.adopt(actor)
         pykka.ActorRegistry.register(actor.actor_ref)
         actor._start_actor_loop()
@@ -545,6 +565,7 @@ class Supervisor(Actor):
             )
             if child.spec.restart is Restart.TEMPORARY:
                 del self._children[notice.name]
+                self._registry.remove_tree(f"{self.path}/{notice.name}")
             return
         self._restart_after_failure(child, error)
 
