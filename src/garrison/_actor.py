@@ -33,7 +33,7 @@ from garrison.observability.events import emit
 
 __all__ = ["Actor", "ExitListener", "Ping", "SafeLoop"]
 
-ExitListener = Callable[["SafeLoop", BaseException | None], None]
+ExitListener = Callable[["SafeLoop", BaseException | None], object]
 """Called in an actor's own thread when it ends: with the error for a crash, None for a stop.
 
 A supervisor's listener suspends the mailbox (``actor.mailbox.suspend``) when it means to

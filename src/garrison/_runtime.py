@@ -1,8 +1,10 @@
-"""The Runtime: owns the clock, the scheduler, dead letters, the event loop and its actors."""
+"""The Runtime: the root supervisor, with the clock, scheduler, dead letters and event loop."""
 
 from __future__ import annotations
 
+import itertools
 import threading
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -13,8 +15,8 @@ from garrison._dead_letters import DeadLetters
 from garrison._loop import EventLoopThread
 from garrison._ref import Ref
 from garrison._scheduler import ManualScheduler, ThreadScheduler, make_scheduler
-from garrison._spawn import inject_services, start_actor, stop_and_join
 from garrison.observability.events import emit
+from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
 
 __all__ = ["Runtime"]
 
@@ -22,13 +24,16 @@ __all__ = ["Runtime"]
 class Runtime:
     """A garrison runtime: use it as a context manager, or ``start()`` and ``stop()`` it.
 
-    It owns one scheduler (one timer thread, or none with a ManualClock), one event loop
-    thread for coroutine operations (started on first use), a dead-letter sink, and every
-    actor spawned through it. ``stop()`` stops those actors in reverse start order and
-    leaves no thread behind.
+    It owns the root supervisor (``rt.supervisor``), one scheduler (one timer thread, or
+    none with a ManualClock), one event loop thread for coroutine operations (started on
+    first use) and a dead-letter sink. Every actor it spawns is a child of the root
+    supervisor; ``stop()`` stops them newest first and leaves no thread behind. If the root
+    supervisor fails (its children exceeded its restart intensity), the runtime stops and
+    logs ``garrison.runtime.root_failed`` with the reason.
 
     ``clock`` defaults to the system clock; tests pass a
-    :class:`garrison.testing.ManualClock`.
+    :class:`garrison.testing.ManualClock`. ``max_restarts`` / ``within_seconds`` are the root
+    supervisor's restart intensity.
     """
 
     def __init__(
@@ -37,9 +42,11 @@ class Runtime:
         name: str = "garrison",
         clock: Clock | None = None,
         dead_letters: DeadLetters | None = None,
+        max_restarts: int = 10,
+        within_seconds: float = 10.0,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"Runtime name must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"Runtime name must be a non-empty string without '/', got {name!r}")
         if clock is not None and not callable(getattr(clock, "monotonic", None)):
             raise TypeError(f"clock must have a monotonic() method, got {clock!r}")
         self.name = name
@@ -47,50 +54,76 @@ class Runtime:
         self.scheduler: ThreadScheduler | ManualScheduler = make_scheduler(self.clock)
         self.dead_letters = dead_letters if dead_letters is not None else DeadLetters()
         self.loop = EventLoopThread(name=f"{name}-loop")
-        self._refs: list[Ref] = []
+        self._root_options = {"max_restarts": max_restarts, "within_seconds": within_seconds}
+        self._root: SupervisorRef | None = None
+        self._names = itertools.count(1)
         self._lock = threading.Lock()
         self._state = "new"
+        self.failure: BaseException | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
     @property
     def state(self) -> str:
-        """``"new"``, ``"running"`` or ``"stopped"``."""
+        """``"new"``, ``"running"``, ``"failed"`` or ``"stopped"``."""
         return self._state
 
+    @property
+    def supervisor(self) -> SupervisorRef:
+        """The root supervisor (``tree()``, ``child(path)``, ``start_child(spec)``, ...)."""
+        if self._root is None:
+            raise RuntimeError(f"runtime {self.name!r} is {self._state}; start it first")
+        return self._root
+
     def start(self) -> Self:
-        """Start the runtime (idempotent); return it."""
+        """Start the runtime and its root supervisor (idempotent); return it."""
         with self._lock:
-            if self._state == "stopped":
+            if self._state in ("stopped", "failed"):
                 raise RuntimeError(f"runtime {self.name!r} has stopped and cannot start again")
-            if self._state == "new":
-                self._state = "running"
-                emit("garrison.runtime.started", runtime=self.name)
+            if self._state == "running":
+                return self
+            self._root = Supervisor.start(
+                self.name,
+                clock=self.clock,
+                scheduler=self.scheduler,
+                loop=self.loop,
+                dead_letters=self.dead_letters,
+                on_exit=self._on_root_exit,
+                **self._root_options,
+            )
+            self._state = "running"
+        emit("garrison.runtime.started", runtime=self.name)
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def _on_root_exit(self, error: BaseException | None) -> None:
+        if error is None:
+            return
+        self.failure = error
+        with self._lock:
+            if self._state == "running":
+                self._state = "failed"
+        emit("garrison.runtime.root_failed", level="critical", runtime=self.name, error=error)
+        # The root supervisor has stopped its children; release the runtime's own threads.
+        self.scheduler.stop()
+        self.loop.stop()
+
+    def stop(self, timeout: float = 30.0) -> None:
         """Stop every actor (newest first), then the scheduler and the event loop.
 
-        Each actor gets ``timeout`` seconds to finish what it is handling; one that does not
-        is abandoned (its daemon thread cannot be killed) and reported.
+        Each actor gets its ``shutdown_timeout`` (see :meth:`spawn`) to finish what it is
+        handling; one that does not is abandoned (its daemon thread cannot be killed) and
+        reported. ``timeout`` bounds the wait for the whole tree.
         """
         with self._lock:
             if self._state == "stopped":
                 return
             self._state = "stopped"
-            refs, self._refs = self._refs, []
-        for ref in reversed(refs):
-            if not stop_and_join(ref, timeout):
-                emit(
-                    "garrison.runtime.actor_abandoned",
-                    level="warning",
-                    runtime=self.name,
-                    actor=ref.name,
-                    timeout=timeout,
-                )
+            root = self._root
+        if root is not None:
+            root.stop(timeout)
         self.scheduler.stop()
         self.loop.stop(timeout)
-        emit("garrison.runtime.stopped", runtime=self.name, actors=len(refs))
+        emit("garrison.runtime.stopped", runtime=self.name)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -106,36 +139,55 @@ class Runtime:
     # -- actors -----------------------------------------------------------------------------
 
     def spawn(
-        self, actor_class: type[pykka.Actor], *args: Any, name: str | None = None, **kwargs: Any
+        self,
+        actor_class: type[pykka.Actor],
+        *args: Any,
+        name: str | None = None,
+        restart: Restart | str = Restart.TEMPORARY,
+        shutdown_timeout: float = 5.0,
+        **kwargs: Any,
     ) -> Ref:
-        """Start an actor owned by this runtime and return its :class:`Ref`.
+        """Start an actor as a child of the root supervisor and return its :class:`Ref`.
 
-        Keyword arguments ``clock``, ``scheduler`` and ``loop`` are supplied from the runtime
-        when the actor's constructor accepts them and the caller did not pass them.
+        ``restart`` defaults to TEMPORARY: a spawned actor that crashes stays down (its
+        queued asks fail with ``ActorUnavailable``); pass ``Restart.PERMANENT`` to have the
+        root supervisor restart it. ``name`` must be unique among the runtime's actors; by
+        default it is the class name with a number. Keyword arguments ``clock``,
+        ``scheduler`` and ``loop`` are supplied from the runtime when the actor's
+        constructor takes them and the caller did not pass them.
         """
         if self._state != "running":
             raise RuntimeError(f"runtime {self.name!r} is {self._state}; start it first")
-        if not (isinstance(actor_class, type) and issubclass(actor_class, pykka.Actor)):
-            raise TypeError(f"actor_class must be a pykka.Actor subclass, got {actor_class!r}")
-        actor_name = name if name is not None else actor_class.__name__
-        kwargs = self.inject(actor_class, kwargs)
-        ref = Ref(start_actor(actor_class, args, kwargs, actor_name, self.dead_letters), actor_name)
-        with self._lock:
-            if self._state != "running":
-                stop_and_join(ref, 1.0)
-                raise RuntimeError(f"runtime {self.name!r} stopped while spawning {actor_name!r}")
-            self._refs.append(ref)
-        return ref
+        if not (isinstance(actor_class, type) and issubclass(actor_class, pykka.ThreadingActor)):
+            raise TypeError(
+                f"actor_class must be a pykka.ThreadingActor subclass, got {actor_class!r}"
+            )
+        if name is None:
+            name = f"{actor_class.__name__}-{next(self._names)}"
+        spec = ChildSpec(
+            name,
+            actor_class,
+            args=args,
+            kwargs=kwargs,
+            restart=Restart(restart.lower()) if isinstance(restart, str) else restart,
+            shutdown_timeout=shutdown_timeout,
+        )
+        return self.supervisor.start_child(spec)
 
-    def inject(self, actor_class: type[pykka.Actor], kwargs: dict[str, Any]) -> dict[str, Any]:
-        """Add the runtime's services to ``kwargs`` where ``actor_class`` takes them."""
+    def actors(self) -> list[Ref]:
+        """The Refs of the root supervisor's children, oldest first."""
+        return [self.supervisor.child(entry["name"]) for entry in self.tree()["children"]]
+
+    def tree(self) -> dict[str, Any]:
+        """The supervision tree, from the root supervisor down."""
+        return self.supervisor.tree()
+
+    def inject(self, actor_class: type[pykka.Actor], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """``kwargs`` plus the runtime's services that ``actor_class`` takes (by name)."""
+        from garrison._spawn import inject_services  # noqa: PLC0415
+
         services = {"clock": self.clock, "scheduler": self.scheduler, "loop": self.loop}
         return inject_services(actor_class, kwargs, services)
 
-    def actors(self) -> list[Ref]:
-        """The Refs of the actors this runtime started, oldest first."""
-        with self._lock:
-            return list(self._refs)
-
     def __repr__(self) -> str:
-        return f"<garrison.Runtime {self.name!r} {self._state}, {len(self._refs)} actors>"
+        return f"<garrison.Runtime {self.name!r} {self._state}>"

@@ -116,7 +116,7 @@ def test_crash_in_ask_gives_the_asker_the_error_and_answers_the_queue(rt):
     for future in queued:
         with pytest.raises(ActorUnavailable) as info:
             future.get(5)
-        assert info.value.actor == "fragile"
+        assert info.value.actor == "test/fragile"
     assert not ref.is_alive()
 
 

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from garrison import Actor, Execute, Runtime
+from garrison import Actor, Execute, Runtime, SupervisorGaveUp
 from garrison._loop import EventLoopThread
+from garrison._ref import actor_of
 from garrison.actors import WorkerActor
 from garrison.testing import ManualClock
 
@@ -66,7 +67,7 @@ def test_spawn_before_start_fails():
 
 
 def test_spawn_rejects_non_actor_classes():
-    with Runtime() as rt, pytest.raises(TypeError, match=r"pykka\.Actor subclass"):
+    with Runtime() as rt, pytest.raises(TypeError, match=r"pykka\.ThreadingActor subclass"):
         rt.spawn(dict)  # type: ignore[arg-type]
 
 
@@ -103,7 +104,8 @@ def test_actors_stop_newest_first():
     with Runtime() as rt:
         for label in "abc":
             rt.spawn(Recorder, label)
-        assert [r.name for r in rt.actors()] == ["Recorder"] * 3
+        assert [r.name for r in rt.actors()] == ["Recorder-1", "Recorder-2", "Recorder-3"]
+        assert [c["name"] for c in rt.tree()["children"]] == [r.name for r in rt.actors()]
     assert order == ["c", "b", "a"]
 
 
@@ -116,13 +118,13 @@ def test_an_actor_that_does_not_stop_in_time_is_abandoned_and_reported():
         return "done"
 
     rt = Runtime().start()
-    ref = rt.spawn(WorkerActor, name="stuck")
+    ref = rt.spawn(WorkerActor, name="stuck", shutdown_timeout=0.05)
     future = ref.ask_future(Execute(stuck))
     assert started.wait(5)
     with capture_logs() as logs:
-        rt.stop(timeout=0.05)
+        rt.stop()
     assert any(
-        e["event"] == "garrison.runtime.actor_abandoned" and e["actor"] == "stuck" for e in logs
+        e["event"] == "garrison.supervisor.child_abandoned" and e["child"] == "stuck" for e in logs
     )
     release.set()
     assert future.get(5) == "done"
@@ -204,3 +206,53 @@ def test_event_loop_thread_refuses_work_after_stop():
     loop.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         loop.submit(coro())
+
+
+def test_spawned_actors_are_children_of_the_root_supervisor_and_may_be_restarted():
+    class Fragile(Actor):
+        def on_receive(self, message: Any) -> Any:
+            if message == "boom":
+                raise RuntimeError("fragile")
+            return message
+
+    with Runtime(name="rt") as rt:
+        temporary = rt.spawn(Fragile, name="temporary")
+        permanent = rt.spawn(Fragile, name="permanent", restart="permanent")
+        with pytest.raises(RuntimeError):
+            temporary.ask("boom", timeout=5)
+        with pytest.raises(RuntimeError):
+            permanent.ask("boom", timeout=5)
+        assert permanent.ask("back", timeout=5) == "back"
+        rt.supervisor.settle(5)
+        assert [c["name"] for c in rt.tree()["children"]] == ["permanent"]
+        assert rt.supervisor.child("permanent") is permanent
+        with pytest.raises(ValueError, match="already has a child"):
+            rt.spawn(Fragile, name="permanent")
+
+
+def test_a_failing_root_supervisor_stops_the_runtime_with_a_logged_reason():
+    class Fragile(Actor):
+        def on_receive(self, message: Any) -> Any:
+            raise RuntimeError("always")
+
+    clock = ManualClock()
+    rt = Runtime(name="fragile-rt", clock=clock, max_restarts=1, within_seconds=60).start()
+    try:
+        ref = rt.spawn(Fragile, restart="permanent")
+        root_thread = actor_of(rt.supervisor.actor_ref)._thread
+        with capture_logs() as logs:
+            for _ in range(2):
+                with pytest.raises(RuntimeError):
+                    ref.ask("x", timeout=5)
+                rt.supervisor.settle(5)
+            root_thread.join(5)
+        assert rt.state == "failed"
+        assert isinstance(rt.failure, SupervisorGaveUp)
+        failed = [e for e in logs if e["event"] == "garrison.runtime.root_failed"]
+        assert len(failed) == 1
+        assert "gave up" in failed[0]["error"]
+        with pytest.raises(RuntimeError, match="failed"):
+            rt.spawn(Fragile)
+    finally:
+        rt.stop()
+    assert rt.state == "stopped"

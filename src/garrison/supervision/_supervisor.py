@@ -20,7 +20,7 @@ import itertools
 import math
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -265,14 +265,24 @@ class Supervisor(Actor):
     # -- public entry point -------------------------------------------------------------------
 
     @classmethod
-    def start(cls, name: str, *args: Any, **kwargs: Any) -> SupervisorRef:  # type: ignore[override]
+    def start(  # type: ignore[override]
+        cls,
+        name: str,
+        *args: Any,
+        on_exit: Callable[[BaseException | None], object] | None = None,
+        **kwargs: Any,
+    ) -> SupervisorRef:
         """Start a supervisor and its children; return a :class:`SupervisorRef` to it.
 
+        ``on_exit(error)`` is called (in the supervisor's thread) when this top-level
+        supervisor ends: with the error if it failed (it gave up, say), None if stopped.
         Raises the error of a child that failed to start (after stopping those started).
         """
         if args:
             raise TypeError("Supervisor.start takes the name, then keyword arguments only")
         supervisor = cls(name, **kwargs)
+        if on_exit is not None:
+            supervisor._exit_listener = lambda _actor, error: on_exit(error)
         supervisor.mailbox.name = name
         supervisor.mailbox.dead_letters = supervisor.dead_letters
         pykka.ActorRegistry.register(supervisor.actor_ref)
