@@ -186,8 +186,9 @@ class SafeLoop(pykka.Actor):
     def _crash(self, envelope: Envelope[Any] | None, error: BaseException) -> None:
         """Handle an exception that escaped this actor's own code.
 
-        The actor is stopped and its exit listener (a supervisor) told before the asker
-        gets the error, so whoever sees the error can rely on the restart being under way.
+        The actor is stopped, a crashing tell recorded (dead letters or a failure route),
+        and its exit listener (a supervisor) told before the asker gets the error, so
+        whoever sees the error can rely on the restart being under way.
         """
         pykka.ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
@@ -209,19 +210,18 @@ class SafeLoop(pykka.Actor):
                 actor=self.mailbox.name,
                 error=hook_error,
             )
+        told = envelope is not None and envelope.reply_to is None
+        if told and envelope is not None and not isinstance(envelope.message, messages._ActorStop):
+            self.mailbox.dead_letters.record(
+                self.mailbox.name, envelope.message, "its handler crashed", error
+            )
         self._notify_exit(error)
-        if envelope is None:
-            return
-        reply = envelope.reply_to
-        if reply is not None:
+        if envelope is not None and envelope.reply_to is not None:
+            reply = envelope.reply_to
             if isinstance(reply, Future):
                 reply.try_set_exception(error)
             else:
                 _relay_error(reply, error)
-        elif not isinstance(envelope.message, messages._ActorStop):
-            self.mailbox.dead_letters.record(
-                self.mailbox.name, envelope.message, "its handler crashed", error
-            )
 
 
 class Actor(SafeLoop, pykka.ThreadingActor):

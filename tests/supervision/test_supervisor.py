@@ -596,3 +596,24 @@ def test_bad_supervisor_configuration_names_the_key(kwargs, key):
 def test_bad_child_specs_are_refused_at_construction(kwargs, error):
     with pytest.raises(error):
         ChildSpec(**kwargs)
+
+
+def test_nested_supervisors_without_a_route_use_their_parents_route(start):
+    class ExecuteCrasher(Actor):
+        def on_receive(self, message: Any) -> Any:
+            raise RuntimeError("crashed on an Execute")
+
+    nested = ChildSpec("inner", Supervisor, kwargs={"children": [ChildSpec("w", ExecuteCrasher)]})
+    dead = DeadLetters()
+    sup = start(
+        children=[nested, ChildSpec("fallback", Sink)],
+        route_failures_to="fallback",
+        dead_letters=dead,
+    )
+    sup.child("inner/w").tell(Execute(print, name="lost"))
+    sup.child("inner/w").tell("not an Execute")
+    sup.child("inner").settle(5)
+    sup.child("inner/w").settle(5)
+    received = sup.child("fallback").ask("received", 5)
+    assert [(r.operation.name, r.source) for r in received] == [("lost", "root/inner/w")]
+    assert [(d.message, d.recipient) for d in dead.recent()] == [("not an Execute", "root/inner/w")]

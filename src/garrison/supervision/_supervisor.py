@@ -190,7 +190,9 @@ class Supervisor(Actor):
       the child has run ``backoff_reset_after`` seconds (default ``within_seconds``).
     - ``children``: :class:`ChildSpec` list, started in order, stopped in reverse order.
     - ``route_failures_to``: the name of a child (a fallback actor) that receives an
-      :class:`~garrison.OperationFailed` for every told Execute a crash leaves unanswered.
+      :class:`~garrison.OperationFailed` for every told Execute a crash leaves unanswered,
+      in this supervisor's children and in nested supervisors that have no route of their
+      own.
     - ``clock``, ``scheduler``, ``loop``, ``dead_letters``: shared services; a supervisor
       given none makes its own (and stops them when it stops).
     """
@@ -252,6 +254,13 @@ class Supervisor(Actor):
         self._owned_loop = loop is None
         self.loop = loop if loop is not None else EventLoopThread(name=f"{name}-loop")
         self.dead_letters = dead_letters if dead_letters is not None else default_dead_letters
+        # What the children's undeliverable messages go to: the failure route if there is
+        # one (nested supervisors pass it on to their own children), else dead letters.
+        self._child_letters: Any = (
+            _FailureRoute(self, route_failures_to, self.dead_letters)
+            if route_failures_to is not None
+            else self.dead_letters
+        )
         self._rng = random.Random(seed)
         self._children: dict[str, _Child] = {}
         self._registry = ref_registry if ref_registry is not None else RefRegistry()
@@ -407,7 +416,7 @@ class Supervisor(Actor):
         kwargs = inject_services(actor_class, spec.kwargs, self._services())
         args = spec.args
         if issubclass(actor_class, Supervisor):
-            kwargs.setdefault("dead_letters", self.dead_letters)
+            kwargs.setdefault("dead_letters", self._child_letters)
             kwargs.setdefault("path", f"{self.path}/{spec.name}")
             kwargs.setdefault("ref_registry", self._registry)
             if not args and "name" not in kwargs:
@@ -419,11 +428,10 @@ class Supervisor(Actor):
         if child.mailbox is None:
             mailbox = actor.mailbox
             mailbox.name = path
-            fallback = self.dead_letters
-            if self._route_failures_to is not None and spec.name != self._route_failures_to:
-                mailbox.dead_letters = _FailureRoute(self, self._route_failures_to, fallback)
+            if spec.name == self._route_failures_to:
+                mailbox.dead_letters = self.dead_letters  # never route the route to itself
             else:
-                mailbox.dead_letters = fallback
+                mailbox.dead_letters = self._child_letters
             child.mailbox = mailbox
         else:  # a restart: the new incarnation takes over the kept mailbox
             actor.mailbox.retire(actor)
