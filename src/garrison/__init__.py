@@ -9,7 +9,7 @@ from garrison._actor import Actor
 from garrison._clock import Clock, SystemClock
 from garrison._dead_letters import DeadLetter, DeadLetters
 from garrison._future import Future
-from garrison._messages import Execute, OperationFailed, Priority
+from garrison._messages import Execute, GetStatus, OperationFailed, Priority
 from garrison._ref import Ref
 from garrison._runtime import Runtime
 from garrison._scheduler import Scheduler, TimerHandle
@@ -42,6 +42,7 @@ __all__ = [
     "Execute",
     "Future",
     "GarrisonError",
+    "GetStatus",
     "OperationFailed",
     "OperationTimeout",
     "Priority",

@@ -105,6 +105,19 @@ class Mailbox:
         self.refuse(envelope, reason)
         return False
 
+    def try_put(self, envelope: Envelope[Any]) -> bool:
+        """Queue ``envelope`` if the mailbox takes it; otherwise return False and do nothing."""
+        with self._lock:
+            state = self._state
+            if state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
+                if state == _SUSPENDED:
+                    self._buffered += 1
+                self._queue.append(envelope)
+                if self._waiting:
+                    self._cond.notify()
+                return True
+            return False
+
     # -- receiving --------------------------------------------------------------------------
 
     def take(self, owner: object) -> Envelope[Any] | None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["Execute", "OperationFailed", "Priority"]
+__all__ = ["Execute", "GetStatus", "OperationFailed", "Priority"]
 
 
 class Priority(enum.IntEnum):
@@ -145,3 +145,8 @@ class OperationFailed:
     error: BaseException | None
     reason: str
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus:
+    """Ask a resilience actor for its status: it answers with a plain dict."""

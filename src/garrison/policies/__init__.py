@@ -12,4 +12,8 @@ what to do, and carry out the answer (reply, forward, arm a timer, log an event)
   budget (:class:`~garrison.policies.backoff.RetryConfig`,
   :class:`~garrison.policies.backoff.RetryPolicy`,
   :class:`~garrison.policies.backoff.RetryBudget`).
+- :mod:`garrison.policies.rate`: keyed rate limits over several windows with the
+  ``sliding_log``, ``gcra`` and ``sliding_window`` algorithms
+  (:class:`~garrison.policies.rate.RateLimitConfig`,
+  :class:`~garrison.policies.rate.RateLimitPolicy`, :class:`~garrison.policies.rate.Decision`).
 """

@@ -1,0 +1,128 @@
+"""The base of every resilience stage: admit, reject or forward an Execute; observe outcomes.
+
+A stage never waits on the next one (DESIGN.md rule 1). It either
+
+- completes the caller's reply itself (a rejection),
+- hands the Execute on with the caller's reply (:meth:`Stage.pass_on`): the next stage, or
+  whoever finally runs the operation, answers the caller directly, or
+- hands it on with a reply of its own (:meth:`Stage.pass_on_observed`) when it must see the
+  outcome first: the outcome comes back to the stage as a message, the stage updates its
+  state, and only then completes the caller's reply (rule 2: a caller who waits for one call
+  and then makes the next sees the state the first call produced).
+
+With no downstream a stage runs the operation itself: a coroutine on the runtime's loop, a
+plain function on the stage's own thread (so a stage alone serialises synchronous work;
+pipelines put a bulkhead of workers behind the stages for that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pykka._envelope import Envelope
+
+from garrison._actor import Actor
+from garrison._clock import Clock, SystemClock
+from garrison._future import Future
+from garrison._loop import EventLoopThread
+from garrison._messages import Execute, GetStatus
+from garrison._ref import Ref
+from garrison.actors._run import copy_outcome, run_operation
+
+__all__ = ["Observed", "Stage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The outcome of an operation a stage handed on with a reply of its own."""
+
+    context: Any
+    outcome: Future[Any]
+    reply: Future[Any]
+
+
+class Stage(Actor):
+    """Base class of the resilience actors. Subclasses implement :meth:`handle_execute`."""
+
+    stage: ClassVar[str] = "stage"
+
+    def __init__(
+        self,
+        downstream: Ref | None = None,
+        *,
+        clock: Clock | None = None,
+        loop: EventLoopThread | None = None,
+    ) -> None:
+        super().__init__()
+        if downstream is not None and not isinstance(downstream, Ref):
+            raise TypeError(f"downstream must be a garrison.Ref, got {downstream!r}")
+        self.downstream = downstream
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.loop = loop
+
+    # -- dispatch -----------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """Route Executes, observed outcomes and status requests; refuse anything else."""
+        if isinstance(message, Execute):
+            self.handle_execute(message, self.defer())
+            return None
+        if isinstance(message, Observed):
+            self._observed(message)
+            return None
+        if isinstance(message, GetStatus):
+            return self.status()
+        return self.handle_other(message)
+
+    def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
+        """Admit, reject or forward ``message``; ``reply`` must get exactly one outcome."""
+        self.pass_on(message, reply)
+
+    def handle_outcome(self, context: Any, outcome: Future[Any], reply: Future[Any]) -> None:
+        """React to the outcome of an operation handed on with :meth:`pass_on_observed`.
+
+        The default passes the outcome on to the caller unchanged.
+        """
+        copy_outcome(outcome, reply)
+
+    def handle_other(self, message: Any) -> Any:
+        """Messages other than Execute and GetStatus; the default refuses them (TypeError)."""
+        return super().on_receive(message)
+
+    def status(self) -> dict[str, Any]:
+        """This stage's status, as a plain dict."""
+        return {"stage": self.stage}
+
+    # -- passing operations on ----------------------------------------------------------------
+
+    def pass_on(self, message: Execute, reply: Future[Any]) -> None:
+        """Hand ``message`` to the downstream (or run it) with ``reply`` as its reply."""
+        if self.downstream is not None:
+            self.downstream.forward(message, reply)
+        else:
+            run_operation(message, reply, self.loop)
+
+    def pass_on_observed(self, message: Execute, reply: Future[Any], context: Any) -> None:
+        """Hand ``message`` on and have its outcome come back to :meth:`handle_outcome`.
+
+        If this stage is gone by the time the outcome arrives (stopped for good), the
+        outcome goes to the caller as it is: it is never lost.
+        """
+        inner: Future[Any] = Future()
+        mailbox = self.mailbox
+
+        def report(done: Future[Any]) -> None:
+            if not mailbox.try_put(Envelope(Observed(context, done, reply))):
+                copy_outcome(done, reply)
+
+        inner.add_done_callback(report)
+        self.pass_on(message, inner)
+
+    def _observed(self, notice: Observed) -> None:
+        try:
+            self.handle_outcome(notice.context, notice.outcome, notice.reply)
+        except BaseException as error:
+            # A bug in this stage must not leave the caller without an outcome.
+            notice.reply.try_set_exception(error)
+            raise
