@@ -13,6 +13,7 @@ from garrison._messages import Execute, GetStatus, OperationFailed, Priority
 from garrison._ref import Ref
 from garrison._runtime import Runtime
 from garrison._scheduler import Scheduler, TimerHandle
+from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
 from garrison.errors import (
     ActorUnavailable,
     AskTimeout,
@@ -28,6 +29,7 @@ from garrison.errors import (
     RetriesExhausted,
     SupervisorGaveUp,
 )
+from garrison.policies.rate import RateLimitConfig
 
 __all__ = [
     "Actor",
@@ -48,7 +50,10 @@ __all__ = [
     "Priority",
     "QueueFull",
     "QueueTimeout",
+    "RateLimitConfig",
+    "RateLimitFeedback",
     "RateLimited",
+    "RateLimiterActor",
     "Ref",
     "Rejected",
     "RetriesExhausted",

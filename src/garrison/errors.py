@@ -10,6 +10,8 @@ person can act on.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import pykka
 
 __all__ = [
@@ -95,7 +97,7 @@ class Rejected(GarrisonError):
 class RateLimited(Rejected):
     """A rate limit refused the operation; it may be tried again after ``retry_after`` s."""
 
-    def __init__(self, retry_after: float, *, key: str | None = None, limit: str = "") -> None:
+    def __init__(self, retry_after: float, *, key: Hashable = None, limit: str = "") -> None:
         self.retry_after = max(0.0, float(retry_after))
         self.key = key
         self.limit = limit

@@ -137,11 +137,11 @@ def start() -> Iterator[Any]:
 def join_incarnation(ref: Ref) -> Any:
     """A function that waits (bounded) for the current incarnation behind ``ref`` to end."""
     actor = actor_of(ref.actor_ref)
-    assert isinstance(actor, SafeLoop)
-    thread = actor._thread
-    assert thread is not None
+    thread = actor._thread if isinstance(actor, SafeLoop) else None
 
     def join() -> None:
+        if thread is None:  # that incarnation has already ended and is gone
+            return
         thread.join(5)
         assert not thread.is_alive()
 

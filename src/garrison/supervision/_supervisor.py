@@ -28,7 +28,7 @@ import pykka
 from pykka import messages as pykka_messages
 from pykka._envelope import Envelope
 
-from garrison._actor import PING, Actor, SafeLoop
+from garrison._actor import Actor, SafeLoop
 from garrison._clock import Clock, SystemClock
 from garrison._dead_letters import DeadLetters, default_dead_letters
 from garrison._future import Future
@@ -269,6 +269,7 @@ class Supervisor(Actor):
         self._pending_restart: tuple[int, TimerHandle] | None = None
         self._self_ref: Ref | None = None
         self.start_error: BaseException | None = None
+        self._started = threading.Event()
         self._state = "starting"
 
     # -- public entry point -------------------------------------------------------------------
@@ -297,16 +298,13 @@ class Supervisor(Actor):
         pykka.ActorRegistry.register(supervisor.actor_ref)
         supervisor._start_actor_loop()
         ref = SupervisorRef(supervisor.actor_ref, name)
-        try:
-            ref.ask(PING)
-        except ActorUnavailable:
-            error = supervisor.start_error
+        supervisor._started.wait()
+        error = supervisor.start_error
+        if error is not None:
             thread = supervisor._thread
             if thread is not None:
                 thread.join(5.0)
-            if error is not None:
-                raise error from None
-            raise
+            raise error
         return ref
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -323,8 +321,10 @@ class Supervisor(Actor):
             self.start_error = error
             self._terminate_all("a sibling failed to start")
             self._release_services()
+            self._started.set()
             raise
         self._state = "running"
+        self._started.set()
         emit(
             "garrison.supervisor.started",
             supervisor=self.path,
