@@ -31,6 +31,7 @@ demo: $(STAMP)
 	$(PY) examples/first_steps.py
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,all,bench]'
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -13,7 +13,9 @@ from garrison._messages import Execute, GetStatus, OperationFailed, Priority
 from garrison._ref import Ref
 from garrison._runtime import Runtime
 from garrison._scheduler import Scheduler, TimerHandle
+from garrison.actors.breaker import CircuitBreakerActor
 from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
+from garrison.breakers import CircuitBreakerHandle, CircuitBreakerManager
 from garrison.errors import (
     ActorUnavailable,
     AskTimeout,
@@ -29,6 +31,7 @@ from garrison.errors import (
     RetriesExhausted,
     SupervisorGaveUp,
 )
+from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
 
 __all__ = [
@@ -36,6 +39,10 @@ __all__ = [
     "ActorUnavailable",
     "AskTimeout",
     "BulkheadFull",
+    "CircuitBreakerActor",
+    "CircuitBreakerConfig",
+    "CircuitBreakerHandle",
+    "CircuitBreakerManager",
     "CircuitOpen",
     "Clock",
     "ConfigError",

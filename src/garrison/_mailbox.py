@@ -94,14 +94,23 @@ class Mailbox:
         """
         with self._lock:
             state = self._state
-            if state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
+            if urgent and state == _SUSPENDED and _is_stop(envelope):
+                # Nobody reads a suspended mailbox: its actor has already stopped.
+                settled = True
+            elif state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
                 if state == _SUSPENDED:
                     self._buffered += 1
                 (self._urgent if urgent else self._queue).append(envelope)
                 if self._waiting:
                     self._cond.notify()
                 return True
-            reason = self._reason if state == _CLOSED else "its restart buffer is full"
+            else:
+                settled = False
+                reason = self._reason if state == _CLOSED else "its restart buffer is full"
+        if settled:
+            if envelope.reply_to is not None:
+                _settle(envelope.reply_to, None)
+            return True
         self.refuse(envelope, reason)
         return False
 
@@ -205,8 +214,19 @@ class Mailbox:
                 return
             self._owner = None
             if self._state == _SUSPENDED:
-                return
-        self.close(reason)
+                # Stop requests that arrived after the owner's last read are answered now:
+                # the owner has stopped, and they must not stop the next incarnation.
+                stops = [e for e in self._urgent if _is_stop(e)]
+                for envelope in stops:
+                    self._urgent.remove(envelope)
+            else:
+                stops = None
+        if stops is None:
+            self.close(reason)
+            return
+        for envelope in stops:
+            if envelope.reply_to is not None:
+                _settle(envelope.reply_to, None)
 
     def close(self, reason: str) -> int:
         """Refuse every further message and answer every queued one; return how many.
@@ -234,10 +254,18 @@ class Mailbox:
             if reply is not None:
                 _settle(reply, None)
             return
+        refused = getattr(message, "refused", None)
+        if reply is None and callable(refused):
+            refused(reason)  # the message knows how to give its outcome elsewhere
+            return
         if reply is not None:
             _settle(reply, ActorUnavailable(self.name, reason))
         else:
             self.dead_letters.record(self.name, message, reason)
+
+
+def _is_stop(envelope: Envelope[Any]) -> bool:
+    return isinstance(envelope.message, messages._ActorStop)
 
 
 def _settle(reply: Any, error: BaseException | None) -> None:

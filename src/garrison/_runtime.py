@@ -15,6 +15,7 @@ from garrison._dead_letters import DeadLetters
 from garrison._loop import EventLoopThread
 from garrison._ref import Ref
 from garrison._scheduler import ManualScheduler, ThreadScheduler, make_scheduler
+from garrison.breakers import CircuitBreakerManager
 from garrison.observability.events import emit
 from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
 
@@ -60,6 +61,7 @@ class Runtime:
         self._lock = threading.Lock()
         self._state = "new"
         self.failure: BaseException | None = None
+        self._breakers: CircuitBreakerManager | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -74,6 +76,14 @@ class Runtime:
         if self._root is None:
             raise RuntimeError(f"runtime {self.name!r} is {self._state}; start it first")
         return self._root
+
+    @property
+    def breakers(self) -> CircuitBreakerManager:
+        """The runtime's :class:`~garrison.CircuitBreakerManager` (one breaker per service)."""
+        with self._lock:
+            if self._breakers is None:
+                self._breakers = CircuitBreakerManager(self)
+            return self._breakers
 
     def start(self) -> Self:
         """Start the runtime and its root supervisor (idempotent); return it."""

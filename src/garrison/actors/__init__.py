@@ -1,6 +1,26 @@
 """garrison's actors: one actor per resilience mechanism, and the workers that run operations."""
 
+from garrison.actors.breaker import (
+    Acquire,
+    CircuitBreakerActor,
+    Disable,
+    ForceClose,
+    ForceOpen,
+    Report,
+    Reset,
+)
 from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
 from garrison.actors.worker import WorkerActor
 
-__all__ = ["RateLimitFeedback", "RateLimiterActor", "WorkerActor"]
+__all__ = [
+    "Acquire",
+    "CircuitBreakerActor",
+    "Disable",
+    "ForceClose",
+    "ForceOpen",
+    "RateLimitFeedback",
+    "RateLimiterActor",
+    "Report",
+    "Reset",
+    "WorkerActor",
+]

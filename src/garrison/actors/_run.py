@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import inspect
 from typing import Any
 
@@ -10,39 +11,54 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 
-__all__ = ["copy_outcome", "run_operation"]
+__all__ = ["copy_outcome", "is_coroutine_operation", "run_operation"]
 
 
-def run_operation(message: Execute, reply: Future[Any], loop: EventLoopThread | None) -> None:
+def run_operation(
+    message: Execute, reply: Future[Any], loop: EventLoopThread | None
+) -> concurrent.futures.Future[Any] | None:
     """Run ``message`` and complete ``reply`` with its outcome.
 
     A plain function runs in the calling thread. A coroutine function runs on ``loop``; the
-    call returns at once and the coroutine's outcome completes ``reply`` later. The
-    operation's error is its outcome: nothing is raised here.
+    call returns at once (with the running coroutine's future, which may be cancelled) and
+    the coroutine's outcome completes ``reply`` later. The operation's error is its outcome:
+    nothing is raised here.
     """
     try:
         result = message.run()
     except BaseException as error:  # the operation's failure is its outcome
         reply.try_set_exception(error)
-        return
+        return None
     if inspect.iscoroutine(result):
-        _run_coroutine(result, reply, loop)
-    else:
-        reply.try_set_result(result)
+        return _run_coroutine(result, reply, loop)
+    reply.try_set_result(result)
+    return None
 
 
-def _run_coroutine(coro: Any, reply: Future[Any], loop: EventLoopThread | None) -> None:
+def is_coroutine_operation(message: Execute) -> bool:
+    """True if ``message.fn`` is a coroutine function (also through functools.partial)."""
+    fn: Any = message.fn
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004
+    )
+
+
+def _run_coroutine(
+    coro: Any, reply: Future[Any], loop: EventLoopThread | None
+) -> concurrent.futures.Future[Any] | None:
     if loop is None:
         coro.close()
         reply.try_set_exception(
             TypeError("a coroutine operation needs an event loop: start the actor from a Runtime")
         )
-        return
+        return None
     try:
         running = loop.submit(coro)
     except RuntimeError as error:
         reply.try_set_exception(error)
-        return
+        return None
 
     def complete(done: concurrent.futures.Future[Any]) -> None:
         if done.cancelled():
@@ -55,6 +71,7 @@ def _run_coroutine(coro: Any, reply: Future[Any], loop: EventLoopThread | None) 
             reply.try_set_exception(error)
 
     running.add_done_callback(complete)
+    return running
 
 
 def copy_outcome(source: Future[Any], target: Future[Any]) -> bool:

@@ -41,6 +41,10 @@ class Observed:
     outcome: Future[Any]
     reply: Future[Any]
 
+    def refused(self, reason: str) -> None:
+        """The stage stopped before handling this: the caller gets the outcome as it is."""
+        copy_outcome(self.outcome, self.reply)
+
 
 class Stage(Actor):
     """Base class of the resilience actors. Subclasses implement :meth:`handle_execute`."""

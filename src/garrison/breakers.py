@@ -1,0 +1,365 @@
+"""Circuit breakers by service name, the seed document's API: a manager and its handles.
+
+```python
+from garrison import CircuitBreakerManager, CircuitBreakerConfig
+
+with CircuitBreakerManager() as breakers:          # owns a Runtime until stop() / the end
+    db = breakers.get_or_create("database", CircuitBreakerConfig(failure_threshold=3))
+    rows = db.call(query, "select 1")               # runs in this thread; raises CircuitOpen
+    rows = await db.acall(aquery, "select 1")       # in a coroutine: never blocks the loop
+    db.get_status()["state"]                        # "closed", "open", "half_open", ...
+```
+
+Each breaker is a :class:`~garrison.actors.breaker.CircuitBreakerActor` supervised by the
+runtime's root supervisor (restart ``permanent``; its state survives a crash). A handle never
+holds the breaker across the protected call: ``call`` asks the actor for a permit, runs the
+function in the caller's own thread, and reports the outcome (waiting until the actor has
+recorded it, so the next call sees the state this one produced). Concurrent callers run
+concurrently; the breaker only decides who may start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, cast, overload
+
+from garrison._clock import Clock
+from garrison._future import Future
+from garrison._messages import GetStatus
+from garrison._ref import Ref
+from garrison.actors.breaker import (
+    Acquire,
+    CircuitBreakerActor,
+    Disable,
+    ForceClose,
+    ForceOpen,
+    Report,
+    Reset,
+    TransitionListener,
+)
+from garrison.errors import ActorUnavailable, AskTimeout
+from garrison.observability.events import emit
+from garrison.policies.breaker import CircuitBreakerConfig, Permit
+
+if TYPE_CHECKING:
+    from garrison._runtime import Runtime
+
+__all__ = ["CircuitBreakerHandle", "CircuitBreakerManager"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_ACQUIRE = Acquire()
+_STATUS = GetStatus()
+
+
+class CircuitBreakerHandle:
+    """The caller's side of one service's breaker (get it from the manager).
+
+    ``call`` / ``acall`` protect a function; ``get_status``, ``force_open``,
+    ``force_close``, ``reset`` and ``disable`` talk to the actor; ``ref`` is the actor's
+    :class:`~garrison.Ref` (it also takes ``Execute`` messages). A rejected call raises
+    :class:`~garrison.errors.CircuitOpen`, whose text contains "Circuit breaker is OPEN".
+    ``timeout`` bounds each exchange with the actor (never the protected function).
+    """
+
+    __slots__ = ("_clock", "_config", "_name", "_ref", "_timeout")
+
+    def __init__(
+        self, name: str, ref: Ref, config: CircuitBreakerConfig, clock: Clock, timeout: float
+    ) -> None:
+        self._name = name
+        self._ref = ref
+        self._config = config
+        self._clock = clock
+        self._timeout = timeout
+
+    @property
+    def name(self) -> str:
+        """The service name."""
+        return self._name
+
+    @property
+    def ref(self) -> Ref:
+        """The breaker actor's Ref (stable across its restarts)."""
+        return self._ref
+
+    @property
+    def config(self) -> CircuitBreakerConfig:
+        """The breaker's configuration."""
+        return self._config
+
+    # -- protected calls ------------------------------------------------------------------------
+
+    def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` in this thread if the breaker admits it.
+
+        Returns its result or re-raises its error, after the breaker has recorded the
+        outcome. Raises ``CircuitOpen`` without calling ``fn`` when the breaker refuses.
+
+        If ``fn`` returns a coroutine (``call(lambda: fetch())`` with an async ``fetch``, as
+        in the seed document), ``call`` returns a coroutine that awaits it and reports its
+        outcome: await it (only the permit request blocks, briefly; a coroutine never awaited
+        holds its permit until the probe timeout). In asyncio code prefer :meth:`acall`, which
+        never blocks the loop.
+        """
+        permit = self._acquire()
+        clock = self._clock
+        started = clock.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as error:
+            self._report(permit, False, clock.monotonic() - started, error)
+            raise
+        if inspect.iscoroutine(result):
+            return cast(R, self._finish(permit, started, result))
+        self._report(permit, True, clock.monotonic() - started, None)
+        return result
+
+    @overload
+    async def acall(
+        self, fn: Callable[P, Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+
+    @overload
+    async def acall(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    async def acall(self, fn: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Like :meth:`call`, for asyncio: ``fn`` may be a coroutine function or a plain one.
+
+        Waiting for the breaker suspends the coroutine; it never blocks the event loop. A
+        plain ``fn`` runs on the loop's thread (keep it short, or use ``call`` in a thread).
+        """
+        permit = await self._wait(self._ref.ask_future(_ACQUIRE))
+        clock = self._clock
+        started = clock.monotonic()
+        try:
+            result = fn(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except BaseException as error:
+            await self._areport(permit, False, clock.monotonic() - started, error)
+            raise
+        await self._areport(permit, True, clock.monotonic() - started, None)
+        return result
+
+    # -- management -----------------------------------------------------------------------------
+
+    def get_status(self) -> dict[str, Any]:
+        """The breaker's status: ``state`` ("closed", "open", "half_open", "forced_open",
+        "disabled"), ``service``, counts, ``error_rate``, ``slow_call_rate``,
+        ``retry_after``, ``recovery_timeout`` (the current wait) and more.
+        """
+        status = self._ref.ask(_STATUS, self._timeout)
+        assert isinstance(status, dict)
+        return status
+
+    def force_open(self) -> str:
+        """Reject every call until ``force_close`` or ``reset``; returns the new state."""
+        return str(self._ref.ask(ForceOpen(), self._timeout))
+
+    def force_close(self) -> str:
+        """Close the breaker with fresh counters; returns the new state."""
+        return str(self._ref.ask(ForceClose(), self._timeout))
+
+    def reset(self) -> str:
+        """Back to the initial state (closed, empty window); returns the new state."""
+        return str(self._ref.ask(Reset(), self._timeout))
+
+    def disable(self) -> str:
+        """Admit every call and count nothing until reset; returns the new state."""
+        return str(self._ref.ask(Disable(), self._timeout))
+
+    # -- the exchange with the actor ------------------------------------------------------------
+
+    def _acquire(self) -> Permit:
+        permit = self._ref.ask(_ACQUIRE, self._timeout)
+        assert isinstance(permit, Permit)
+        return permit
+
+    def _report(
+        self, permit: Permit, ok: bool, duration: float, error: BaseException | None
+    ) -> None:
+        message = Report(permit, ok, duration, error)
+        if error is not None and not isinstance(error, Exception):
+            self._ref.tell(message)  # an interrupt or exit: do not wait (it is ignored anyway)
+            return
+        try:
+            self._ref.ask(message, self._timeout)
+        except Exception as failure:  # never mask the protected call's own outcome
+            self._report_failed(failure)
+
+    async def _areport(
+        self, permit: Permit, ok: bool, duration: float, error: BaseException | None
+    ) -> None:
+        message = Report(permit, ok, duration, error)
+        if error is not None and not isinstance(error, Exception):
+            self._ref.tell(message)  # cancellation: do not await anything more
+            return
+        try:
+            await self._wait(self._ref.ask_future(message))
+        except Exception as failure:
+            self._report_failed(failure)
+
+    def _report_failed(self, failure: Exception) -> None:
+        emit(
+            "garrison.breaker.report_failed",
+            level="warning",
+            service=self._name,
+            error=failure,
+        )
+
+    async def _finish(self, permit: Permit, started: float, awaitable: Awaitable[R]) -> R:
+        clock = self._clock
+        try:
+            result = await awaitable
+        except BaseException as error:
+            await self._areport(permit, False, clock.monotonic() - started, error)
+            raise
+        await self._areport(permit, True, clock.monotonic() - started, None)
+        return result
+
+    async def _wait(self, future: Future[Any]) -> Any:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await future
+        except TimeoutError:
+            raise AskTimeout(self._timeout) from None
+
+    def __repr__(self) -> str:
+        return f"<CircuitBreakerHandle {self._name!r}>"
+
+
+class CircuitBreakerManager:
+    """Circuit breakers by service name (the seed's ``CircuitBreakerManager``).
+
+    With no ``runtime`` the manager owns one (with ``clock``, started on first use) until
+    :meth:`stop` or the end of a ``with`` block. With a ``runtime`` it spawns its breakers
+    there, as ``breaker:<name>`` children of the root supervisor that are restarted when
+    they crash (keeping their state); stopping the manager then stops only its breakers.
+    ``listeners`` (``listener(service, from_state, to_state, reason)``) are given to every
+    breaker; ``timeout`` bounds each exchange between a handle and its actor.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime | None = None,
+        *,
+        clock: Clock | None = None,
+        listeners: Sequence[TransitionListener] = (),
+        timeout: float = 10.0,
+    ) -> None:
+        if runtime is not None and clock is not None and clock is not runtime.clock:
+            raise ValueError("pass either a runtime or a clock: a runtime brings its own clock")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self._owned = runtime is None
+        if runtime is None:
+            from garrison._runtime import Runtime  # noqa: PLC0415 (Runtime may import us)
+
+            runtime = Runtime(name="garrison-breakers", clock=clock)
+        self._runtime = runtime
+        self._listeners = tuple(listeners)
+        self._timeout = float(timeout)
+        self._handles: dict[str, CircuitBreakerHandle] = {}
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime the breakers run in."""
+        return self._runtime
+
+    def get_or_create(
+        self, name: str, config: CircuitBreakerConfig | None = None
+    ) -> CircuitBreakerHandle:
+        """The handle of ``name``'s breaker, created with ``config`` (default settings) if new.
+
+        The same name always gives the same handle. Asking again with a different config
+        raises ValueError (``None`` accepts whatever config the breaker has).
+        """
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"breaker name must be a non-empty string without '/', got {name!r}")
+        if config is not None and not isinstance(config, CircuitBreakerConfig):
+            raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
+        with self._lock:
+            handle = self._handles.get(name)
+            if handle is not None:
+                if config is not None and config != handle.config:
+                    raise ValueError(
+                        f"circuit breaker {name!r} already exists with a different config: "
+                        f"{handle.config!r}; asked for {config!r}"
+                    )
+                return handle
+            if self._stopped:
+                raise RuntimeError("this CircuitBreakerManager has stopped")
+            config = config if config is not None else CircuitBreakerConfig()
+            runtime = self._runtime
+            if self._owned and runtime.state == "new":
+                runtime.start()
+            ref = runtime.spawn(
+                CircuitBreakerActor,
+                config,
+                name=f"breaker:{name}",
+                restart="permanent",
+                service=name,
+                listeners=self._listeners,
+            )
+            handle = CircuitBreakerHandle(name, ref, config, runtime.clock, self._timeout)
+            self._handles[name] = handle
+            return handle
+
+    def get(self, name: str) -> CircuitBreakerHandle | None:
+        """The handle of ``name``'s breaker, or None if there is none."""
+        with self._lock:
+            return self._handles.get(name)
+
+    def names(self) -> list[str]:
+        """The names of the breakers, in creation order."""
+        with self._lock:
+            return list(self._handles)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Every breaker's status, by name."""
+        with self._lock:
+            handles = list(self._handles.values())
+        return {handle.name: handle.get_status() for handle in handles}
+
+    def stop(self) -> None:
+        """Stop the breakers (and the runtime, if the manager owns it). Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            handles = list(self._handles.values())
+            self._handles.clear()
+        runtime = self._runtime
+        if self._owned:
+            runtime.stop()
+            return
+        if runtime.state != "running":
+            return
+        for handle in reversed(handles):
+            # already gone: the runtime is stopping, or someone removed it
+            with contextlib.suppress(LookupError, ActorUnavailable, AskTimeout):
+                runtime.supervisor.terminate_child(f"breaker:{handle.name}")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else f"{len(self._handles)} breakers"
+        return f"<CircuitBreakerManager {state}>"
