@@ -14,7 +14,9 @@ from garrison._ref import Ref
 from garrison._runtime import Runtime
 from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors.breaker import CircuitBreakerActor
+from garrison.actors.fallback import FallbackActor
 from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
+from garrison.actors.retry import RetryActor
 from garrison.breakers import CircuitBreakerHandle, CircuitBreakerManager
 from garrison.errors import (
     ActorUnavailable,
@@ -31,6 +33,8 @@ from garrison.errors import (
     RetriesExhausted,
     SupervisorGaveUp,
 )
+from garrison.fallback import awith_fallback, with_fallback
+from garrison.policies.backoff import RetryBudget, RetryBudgetConfig, RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
 
@@ -49,6 +53,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "Execute",
+    "FallbackActor",
     "Future",
     "GarrisonError",
     "GetStatus",
@@ -64,11 +69,17 @@ __all__ = [
     "Ref",
     "Rejected",
     "RetriesExhausted",
+    "RetryActor",
+    "RetryBudget",
+    "RetryBudgetConfig",
+    "RetryConfig",
     "Runtime",
     "Scheduler",
     "SupervisorGaveUp",
     "SystemClock",
     "TimerHandle",
+    "awith_fallback",
+    "with_fallback",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -180,17 +180,27 @@ class OperationTimeout(GarrisonError, TimeoutError):
 
 
 class RetriesExhausted(GarrisonError):
-    """Every allowed attempt failed; ``last_error`` is the error of the final attempt."""
+    """Every allowed attempt failed; ``last_error`` is the error of the final attempt.
 
-    def __init__(self, attempts: int, last_error: BaseException | None) -> None:
+    When the attempts ended with results that ``retry_on_result`` rejected, ``last_error``
+    is None and ``last_result`` holds the last of them.
+    """
+
+    def __init__(
+        self, attempts: int, last_error: BaseException | None, *, last_result: object = None
+    ) -> None:
         self.attempts = attempts
         self.last_error = last_error
+        self.last_result = last_result
         cause = f": {type(last_error).__name__}: {last_error}" if last_error is not None else ""
         super().__init__(f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}{cause}")
         self.__cause__ = last_error
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild, (type(self), (self.attempts, self.last_error), {}))
+        return (
+            _rebuild,
+            (type(self), (self.attempts, self.last_error), {"last_result": self.last_result}),
+        )
 
 
 def _rebuild(

@@ -9,18 +9,22 @@ from garrison.actors.breaker import (
     Report,
     Reset,
 )
+from garrison.actors.fallback import FallbackActor
 from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
+from garrison.actors.retry import RetryActor
 from garrison.actors.worker import WorkerActor
 
 __all__ = [
     "Acquire",
     "CircuitBreakerActor",
     "Disable",
+    "FallbackActor",
     "ForceClose",
     "ForceOpen",
     "RateLimitFeedback",
     "RateLimiterActor",
     "Report",
     "Reset",
+    "RetryActor",
     "WorkerActor",
 ]
