@@ -14,9 +14,11 @@ from garrison._ref import Ref
 from garrison._runtime import Runtime
 from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors.breaker import CircuitBreakerActor
+from garrison.actors.bulkhead import BulkheadActor, BulkheadConfig
 from garrison.actors.fallback import FallbackActor
 from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
 from garrison.actors.retry import RetryActor
+from garrison.actors.timeout import TimeoutSupervisor
 from garrison.breakers import CircuitBreakerHandle, CircuitBreakerManager
 from garrison.errors import (
     ActorUnavailable,
@@ -37,11 +39,15 @@ from garrison.fallback import awith_fallback, with_fallback
 from garrison.policies.backoff import RetryBudget, RetryBudgetConfig, RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
+from garrison.policies.timeouts import AdaptiveTimeout, TimeoutConfig
 
 __all__ = [
     "Actor",
     "ActorUnavailable",
+    "AdaptiveTimeout",
     "AskTimeout",
+    "BulkheadActor",
+    "BulkheadConfig",
     "BulkheadFull",
     "CircuitBreakerActor",
     "CircuitBreakerConfig",
@@ -77,6 +83,8 @@ __all__ = [
     "Scheduler",
     "SupervisorGaveUp",
     "SystemClock",
+    "TimeoutConfig",
+    "TimeoutSupervisor",
     "TimerHandle",
     "awith_fallback",
     "with_fallback",

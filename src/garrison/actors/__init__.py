@@ -9,13 +9,18 @@ from garrison.actors.breaker import (
     Report,
     Reset,
 )
+from garrison.actors.bulkhead import Abandon, BulkheadActor, BulkheadConfig
 from garrison.actors.fallback import FallbackActor
 from garrison.actors.limiter import RateLimiterActor, RateLimitFeedback
 from garrison.actors.retry import RetryActor
+from garrison.actors.timeout import TimeoutSupervisor
 from garrison.actors.worker import WorkerActor
 
 __all__ = [
+    "Abandon",
     "Acquire",
+    "BulkheadActor",
+    "BulkheadConfig",
     "CircuitBreakerActor",
     "Disable",
     "FallbackActor",
@@ -26,5 +31,6 @@ __all__ = [
     "Report",
     "Reset",
     "RetryActor",
+    "TimeoutSupervisor",
     "WorkerActor",
 ]

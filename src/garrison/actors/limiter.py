@@ -130,7 +130,7 @@ class RateLimiterActor(Stage):
         config: RateLimitConfig,
         downstream: Ref | None = None,
         *,
-        name: str = "rate_limiter",
+        name: str | None = None,
         clock: Clock | None = None,
         scheduler: Scheduler | None = None,
         loop: EventLoopThread | None = None,
@@ -139,7 +139,7 @@ class RateLimiterActor(Stage):
             raise TypeError(f"config must be a RateLimitConfig, got {config!r}")
         super().__init__(downstream, clock=clock, loop=loop)
         self.config = config
-        self.name = name
+        self.name = name if name is not None else ""
         self.policy = RateLimitPolicy(config)
         self._own_scheduler = scheduler is None
         self.scheduler: Scheduler = (
@@ -164,6 +164,8 @@ class RateLimiterActor(Stage):
     def on_start(self) -> None:
         """Keep a Ref to itself for timers; resume recovering a throttled rate."""
         self._self = Ref(self.actor_ref, self.mailbox.name)
+        if not self.name:
+            self.name = self.mailbox.name.rsplit("/", 1)[-1]
         if self.policy.rate_factor < 1.0 and self.config.throttle_strategy == "adaptive":
             self._schedule_recovery()
 

@@ -1,0 +1,479 @@
+"""The bulkhead actor: a pool of worker actors that bounds how much runs at once.
+
+One :class:`BulkheadActor` per kind of operation (``database``, ``api_calls``,
+``file_ops``...) owns ``max_workers`` worker actors. At most ``max_concurrent`` operations run
+at once; up to ``max_queue`` more wait (in priority order) at most ``max_wait`` seconds each;
+anything beyond is refused with :class:`~garrison.errors.BulkheadFull` at once. Each bulkhead
+has its own workers and queue, so one saturated bulkhead never slows another.
+
+- A plain function runs on a free worker (one operation per worker at a time).
+- A coroutine function runs on the runtime's event loop and counts against
+  ``max_concurrent`` the same way, without holding a worker.
+- With a ``downstream``, admitted operations are forwarded there instead (a concurrency
+  limit in front of another actor).
+
+**Abandoning stuck work.** The timeout stage sends :class:`Abandon` for an operation whose
+caller it has already answered with ``OperationTimeout``. A coroutine is cancelled for real.
+A synchronous function cannot be killed: its worker is retired (it ends once the call
+returns), a replacement worker is started so the pool keeps its capacity, and
+``garrison.bulkhead.worker_abandoned`` is logged. Up to ``max_abandoned`` retired workers may
+be stuck at once; past that, new work is refused with ``BulkheadFull`` (until they come back)
+rather than threads piling up.
+
+A worker that crashes (a bug in the worker, not an operation's error) is replaced; its
+operation's caller gets the error. When the bulkhead stops, waiting operations fail with
+:class:`~garrison.errors.ActorUnavailable` and running ones finish (or are abandoned after
+``shutdown_timeout``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pykka
+from pykka._envelope import Envelope
+
+from garrison._actor import SafeLoop
+from garrison._clock import Clock
+from garrison._future import Future
+from garrison._loop import EventLoopThread
+from garrison._messages import Execute
+from garrison._ref import Ref, actor_of
+from garrison._scheduler import Scheduler, TimerHandle, make_scheduler
+from garrison._spawn import start_actor, stop_and_join
+from garrison.actors._run import copy_outcome, is_coroutine_operation, run_operation
+from garrison.actors._stage import Stage
+from garrison.actors.worker import WorkerActor
+from garrison.errors import ActorUnavailable, BulkheadFull, ConfigError
+from garrison.observability.events import emit
+
+__all__ = ["Abandon", "BulkheadActor", "BulkheadConfig"]
+
+
+def _count(key: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(key, f"must be >= {minimum}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadConfig:
+    """Settings of a bulkhead (validated; :class:`ConfigError` names the bad key).
+
+    ``max_workers`` worker actors; at most ``max_concurrent`` operations at once (default:
+    ``max_workers``); ``max_queue`` waiting at most ``max_wait`` seconds each (``None``: until
+    a slot frees); ``max_abandoned`` workers stuck in timed-out calls at most (default:
+    ``max_workers``); ``shutdown_timeout`` per worker when the bulkhead stops.
+    """
+
+    max_workers: int = 10
+    max_concurrent: int | None = None
+    max_queue: int = 0
+    max_wait: float | None = None
+    max_abandoned: int | None = None
+    shutdown_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        put = object.__setattr__
+        workers = _count("max_workers", self.max_workers, minimum=1)
+        if self.max_concurrent is not None:
+            _count("max_concurrent", self.max_concurrent, minimum=1)
+        _count("max_queue", self.max_queue, minimum=0)
+        if self.max_wait is not None:
+            wait = self.max_wait
+            if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait > 0:
+                raise ConfigError("max_wait", f"must be a number > 0, got {wait!r}")
+            put(self, "max_wait", float(wait))
+        if self.max_abandoned is not None:
+            _count("max_abandoned", self.max_abandoned, minimum=0)
+        timeout = self.shutdown_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not (timeout > 0 and math.isfinite(timeout))
+        ):
+            raise ConfigError("shutdown_timeout", f"must be a number > 0, got {timeout!r}")
+        put(self, "max_workers", workers)
+
+    @property
+    def concurrency(self) -> int:
+        """``max_concurrent``, or ``max_workers`` when it is not set."""
+        return self.max_concurrent if self.max_concurrent is not None else self.max_workers
+
+    @property
+    def abandon_cap(self) -> int:
+        """``max_abandoned``, or ``max_workers`` when it is not set."""
+        return self.max_abandoned if self.max_abandoned is not None else self.max_workers
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BulkheadConfig:
+        """Build a config from a mapping (a config-file section), rejecting unknown keys."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("bulkhead", f"must be a mapping of settings, got {data!r}")
+        known = set(cls.__dataclass_fields__)
+        for key in data:
+            if key not in known:
+                raise ConfigError(str(key), f"unknown setting; known: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """The caller of the operation answered by ``reply`` gave up on it (it timed out).
+
+    A queued operation is dropped; a running coroutine is cancelled; a worker stuck in a
+    synchronous call is retired and replaced.
+    """
+
+    reply: Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    reply: Future[Any]
+    inner: Future[Any]
+
+    def refused(self, reason: str) -> None:
+        """The bulkhead is gone: the caller gets the outcome as it is."""
+        copy_outcome(self.inner, self.reply)
+
+
+@dataclass(frozen=True, slots=True)
+class _WaitExpired:
+    reply: Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerEnded:
+    worker: _Worker
+    error: BaseException | None
+
+
+class _Worker:
+    __slots__ = ("actor", "ref", "retired")
+
+    def __init__(self, ref: Ref, actor: SafeLoop) -> None:
+        self.ref = ref
+        self.actor = actor
+        self.retired = False
+
+
+class _Running:
+    __slots__ = ("abandoned", "inner", "message", "running", "worker")
+
+    def __init__(self, message: Execute, inner: Future[Any]) -> None:
+        self.message = message
+        self.inner = inner
+        self.worker: _Worker | None = None
+        self.running: concurrent.futures.Future[Any] | None = None
+        self.abandoned = False
+
+
+class _Queued:
+    __slots__ = ("done", "message", "order", "reply", "timer")
+
+    def __init__(self, message: Execute, reply: Future[Any], order: tuple[int, int]) -> None:
+        self.message = message
+        self.reply = reply
+        self.order = order
+        self.timer: TimerHandle | None = None
+        self.done = False
+
+    def __lt__(self, other: _Queued) -> bool:
+        return self.order < other.order
+
+
+class BulkheadActor(Stage):
+    """A pool of workers with bounded concurrency and a bounded waiting room."""
+
+    stage = "bulkhead"
+
+    def __init__(
+        self,
+        config: BulkheadConfig | None = None,
+        downstream: Ref | None = None,
+        *,
+        name: str | None = None,
+        clock: Clock | None = None,
+        scheduler: Scheduler | None = None,
+        loop: EventLoopThread | None = None,
+    ) -> None:
+        config = config if config is not None else BulkheadConfig()
+        if not isinstance(config, BulkheadConfig):
+            raise TypeError(f"config must be a BulkheadConfig, got {config!r}")
+        super().__init__(downstream, clock=clock, loop=loop)
+        self.config = config
+        self.name = name if name is not None else ""
+        self._own_scheduler = scheduler is None
+        self.scheduler: Scheduler = (
+            scheduler if scheduler is not None else make_scheduler(self.clock)
+        )
+        self._workers: list[_Worker] = []
+        self._idle: deque[_Worker] = deque()
+        self._running: dict[Future[Any], _Running] = {}
+        self._queue: list[_Queued] = []
+        self._queued: dict[Future[Any], _Queued] = {}
+        self._seq = itertools.count()
+        self._names = itertools.count(1)
+        self._in_flight = 0
+        self._stuck = 0
+        self._self: Ref | None = None
+        self.completed = 0
+        self.rejected = 0
+        self.abandoned = 0
+        self.wait_timeouts = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Start the worker pool."""
+        self._self = Ref(self.actor_ref, self.mailbox.name)
+        if not self.name:
+            self.name = self.mailbox.name.rsplit("/", 1)[-1]
+        if self.downstream is None:
+            for _ in range(self.config.max_workers):
+                self._add_worker()
+
+    def _add_worker(self) -> None:
+        path = f"{self.mailbox.name}/worker-{next(self._names)}"
+        actor_ref = start_actor(
+            WorkerActor, (), {"loop": self.loop}, path, self.mailbox.dead_letters
+        )
+        actor = actor_of(actor_ref)
+        assert isinstance(actor, SafeLoop)
+        worker = _Worker(Ref(actor_ref, path), actor)
+        own_mailbox = self.mailbox
+
+        def ended(_actor: SafeLoop, error: BaseException | None) -> None:
+            own_mailbox.try_put(Envelope(_WorkerEnded(worker, error)))
+
+        actor._exit_listener = ended
+        self._workers.append(worker)
+        self._idle.append(worker)
+
+    def on_stop(self) -> None:
+        """Fail waiting operations, then stop the workers (running calls finish first)."""
+        self._shutdown("the bulkhead stopped")
+
+    def on_failure(self, *_exc: Any) -> None:
+        """Fail waiting operations and stop the workers."""
+        self._shutdown("the bulkhead crashed")
+
+    def _shutdown(self, reason: str) -> None:
+        for entry in self._queue:
+            if not entry.done:
+                entry.done = True
+                if entry.timer is not None:
+                    entry.timer.cancel()
+                entry.reply.try_set_exception(ActorUnavailable(self.mailbox.name, reason))
+        self._queue.clear()
+        self._queued.clear()
+        workers, self._workers = self._workers, []
+        self._idle.clear()
+        for worker in workers:
+            worker.actor._exit_listener = None
+            if worker.retired:
+                continue  # stuck in a call nobody waits for: it ends when the call returns
+            if not stop_and_join(worker.ref, self.config.shutdown_timeout):
+                emit(
+                    "garrison.bulkhead.worker_abandoned",
+                    level="warning",
+                    bulkhead=self.name,
+                    worker=worker.ref.name,
+                    reason="it did not stop within shutdown_timeout",
+                )
+        if self._own_scheduler:
+            self.scheduler.stop()
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
+        """Run ``message`` now, queue it, or refuse it with BulkheadFull."""
+        if self._stuck > self.config.abandon_cap and self.downstream is None:
+            self._refuse(reply, "too many workers are stuck in abandoned calls")
+            return
+        if self._can_start(message):
+            self._start(message, reply)
+            return
+        if len(self._queued) >= self.config.max_queue:
+            self._refuse(reply, "no slot is free and the queue is full")
+            return
+        entry = _Queued(message, reply, (int(message.priority), next(self._seq)))
+        heapq.heappush(self._queue, entry)
+        self._queued[reply] = entry
+        if self.config.max_wait is not None:
+            assert self._self is not None
+            entry.timer = self.scheduler.schedule(
+                self.config.max_wait, self._self, _WaitExpired(reply)
+            )
+
+    def _can_start(self, message: Execute) -> bool:
+        if self._in_flight >= self.config.concurrency:
+            return False
+        return bool(self.downstream is not None or self._idle or is_coroutine_operation(message))
+
+    def _refuse(self, reply: Future[Any], why: str) -> None:
+        self.rejected += 1
+        reply.try_set_exception(
+            BulkheadFull(self.name, self.config.concurrency, self.config.max_queue)
+        )
+        emit("garrison.bulkhead.rejected", level="debug", bulkhead=self.name, reason=why)
+
+    def _start(self, message: Execute, reply: Future[Any]) -> None:
+        self._in_flight += 1
+        inner: Future[Any] = Future()
+        record = _Running(message, inner)
+        self._running[reply] = record
+        mailbox = self.mailbox
+
+        def report(done: Future[Any]) -> None:
+            if not mailbox.try_put(Envelope(_Done(reply, done))):
+                copy_outcome(done, reply)
+
+        inner.add_done_callback(report)
+        if self.downstream is not None:
+            self.downstream.forward(message, inner)
+        elif is_coroutine_operation(message):
+            record.running = run_operation(message, inner, self.loop)
+        else:
+            worker = self._idle.popleft()
+            record.worker = worker
+            worker.ref.forward(message, inner)
+
+    def _start_waiting(self) -> None:
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head.done:
+                heapq.heappop(queue)
+                continue
+            if not self._can_start(head.message):
+                return
+            heapq.heappop(queue)
+            self._take_from_queue(head)
+            self._start(head.message, head.reply)
+
+    def _take_from_queue(self, entry: _Queued) -> None:
+        entry.done = True
+        self._queued.pop(entry.reply, None)
+        if entry.timer is not None:
+            entry.timer.cancel()
+
+    # -- completion, timeouts, abandonment ----------------------------------------------------
+
+    def _done(self, reply: Future[Any], inner: Future[Any]) -> None:
+        record = self._running.pop(reply, None)
+        if record is None:  # started by a previous incarnation of this bulkhead
+            copy_outcome(inner, reply)
+            return
+        if not record.abandoned:
+            self._in_flight -= 1
+            worker = record.worker
+            if worker is not None and not worker.retired:
+                self._idle.append(worker)
+        self.completed += 1
+        copy_outcome(record.inner, reply)
+        self._start_waiting()
+
+    def _wait_expired(self, reply: Future[Any]) -> None:
+        entry = self._queued.get(reply)
+        if entry is None or entry.done:
+            return
+        self._take_from_queue(entry)
+        self.wait_timeouts += 1
+        self._refuse(reply, f"no slot freed within max_wait ({self.config.max_wait:g}s)")
+
+    def _abandon(self, reply: Future[Any]) -> None:
+        entry = self._queued.get(reply)
+        if entry is not None:
+            self._take_from_queue(entry)
+            return
+        record = self._running.get(reply)
+        if record is None or record.abandoned:
+            return
+        if record.running is not None:
+            record.running.cancel()  # a coroutine: cancelled for real
+            return
+        worker = record.worker
+        if worker is None:
+            return  # forwarded downstream: nothing of ours to free
+        record.abandoned = True
+        self._in_flight -= 1
+        worker.retired = True
+        self._stuck += 1
+        self.abandoned += 1
+        worker.ref.tell(pykka.messages._ActorStop())  # handled after the stuck call returns
+        emit(
+            "garrison.bulkhead.worker_abandoned",
+            level="warning",
+            bulkhead=self.name,
+            worker=worker.ref.name,
+            operation=record.message.name,
+            stuck=self._stuck,
+            max_abandoned=self.config.abandon_cap,
+        )
+        self._add_worker()
+        self._start_waiting()
+
+    def _worker_ended(self, worker: _Worker, error: BaseException | None) -> None:
+        if worker not in self._workers:
+            return
+        self._workers.remove(worker)
+        if worker.retired:
+            self._stuck -= 1
+            self._start_waiting()
+            return
+        if worker in self._idle:
+            self._idle.remove(worker)
+        emit(
+            "garrison.bulkhead.worker_replaced",
+            level="warning",
+            bulkhead=self.name,
+            worker=worker.ref.name,
+            error=error,
+        )
+        self._add_worker()
+        self._start_waiting()
+
+    # -- messages and status ------------------------------------------------------------------
+
+    def handle_other(self, message: Any) -> Any:
+        """Completions, wait timers, abandonment and worker exits."""
+        if isinstance(message, _Done):
+            self._done(message.reply, message.inner)
+        elif isinstance(message, _WaitExpired):
+            self._wait_expired(message.reply)
+        elif isinstance(message, Abandon):
+            self._abandon(message.reply)
+        elif isinstance(message, _WorkerEnded):
+            self._worker_ended(message.worker, message.error)
+        else:
+            return super().handle_other(message)
+        return None
+
+    def status(self) -> dict[str, Any]:
+        """Occupancy, queue, counters and stuck workers."""
+        return {
+            "stage": self.stage,
+            "name": self.name,
+            "max_workers": self.config.max_workers,
+            "max_concurrent": self.config.concurrency,
+            "max_queue": self.config.max_queue,
+            "in_use": self._in_flight,
+            "idle_workers": len(self._idle),
+            "queued": len(self._queued),
+            "completed": self.completed,
+            "rejected": self.rejected,
+            "wait_timeouts": self.wait_timeouts,
+            "abandoned": self.abandoned,
+            "stuck_workers": self._stuck,
+        }
