@@ -36,6 +36,7 @@ from garrison.errors import (
     SupervisorGaveUp,
 )
 from garrison.fallback import awith_fallback, with_fallback
+from garrison.pipeline import FallbackConfig, Pipeline, PipelineView
 from garrison.policies.backoff import RetryBudget, RetryBudgetConfig, RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
@@ -60,11 +61,14 @@ __all__ = [
     "DeadLetters",
     "Execute",
     "FallbackActor",
+    "FallbackConfig",
     "Future",
     "GarrisonError",
     "GetStatus",
     "OperationFailed",
     "OperationTimeout",
+    "Pipeline",
+    "PipelineView",
     "Priority",
     "QueueFull",
     "QueueTimeout",

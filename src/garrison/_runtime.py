@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -15,8 +16,15 @@ from garrison._dead_letters import DeadLetters
 from garrison._loop import EventLoopThread
 from garrison._ref import Ref
 from garrison._scheduler import ManualScheduler, ThreadScheduler, make_scheduler
+from garrison.actors.bulkhead import BulkheadConfig
 from garrison.breakers import CircuitBreakerManager
+from garrison.config import ReliabilityConfig, load_config
 from garrison.observability.events import emit
+from garrison.pipeline import Pipeline, build_pipeline
+from garrison.policies.backoff import RetryConfig
+from garrison.policies.breaker import CircuitBreakerConfig
+from garrison.policies.rate import RateLimitConfig
+from garrison.policies.timeouts import TimeoutConfig
 from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
 
 __all__ = ["Runtime"]
@@ -62,6 +70,8 @@ class Runtime:
         self._state = "new"
         self.failure: BaseException | None = None
         self._breakers: CircuitBreakerManager | None = None
+        self._pipelines: dict[str, Pipeline] = {}
+        self.config: ReliabilityConfig | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -191,6 +201,67 @@ class Runtime:
     def tree(self) -> dict[str, Any]:
         """The supervision tree, from the root supervisor down."""
         return self.supervisor.tree()
+
+    # -- pipelines and configuration --------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, source: str | Path | Mapping[str, Any], **runtime_kwargs: Any) -> Runtime:
+        """A runtime built from a TOML/YAML file or a dict (see :mod:`garrison.config`).
+
+        ``[runtime]`` settings of the file are defaults for ``runtime_kwargs``;
+        ``rt.pipeline(name)`` then builds service ``name``'s configured stages.
+        """
+        config = load_config(source)
+        runtime = cls(**{**config.runtime, **runtime_kwargs})
+        runtime.config = config
+        return runtime
+
+    def pipeline(
+        self,
+        name: str,
+        *,
+        rate_limit: RateLimitConfig | None = None,
+        circuit_breaker: CircuitBreakerConfig | None = None,
+        retry: RetryConfig | None = None,
+        timeout: TimeoutConfig | None = None,
+        bulkhead: BulkheadConfig | None = None,
+        fallback: object = None,
+    ) -> Pipeline:
+        """The pipeline ``name``: built with these stages, or from the configuration.
+
+        With no stage arguments, an existing pipeline of that name is returned, or one is
+        built from ``services.<name>`` (or the defaults) of the runtime's configuration.
+        Stages run in the fixed order fallback, retry, circuit breaker, rate limiter,
+        timeout, bulkhead (see :mod:`garrison.pipeline`).
+        """
+        stages: dict[str, Any] = {
+            key: value
+            for key, value in (
+                ("rate_limit", rate_limit),
+                ("circuit_breaker", circuit_breaker),
+                ("retry", retry),
+                ("timeout", timeout),
+                ("bulkhead", bulkhead),
+            )
+            if value is not None
+        }
+        with self._lock:
+            existing = self._pipelines.get(name)
+        if existing is not None:
+            if stages or fallback is not None:
+                raise ValueError(f"pipeline {name!r} already exists")
+            return existing
+        if not stages and self.config is not None:
+            stages = self.config.service(name).stages()
+        built = build_pipeline(self, name, fallback=fallback, **stages)
+        with self._lock:
+            self._pipelines[name] = built
+        return built
+
+    def pipelines(self) -> dict[str, Pipeline]:
+        """The pipelines built so far, by name."""
+        with self._lock:
+            return dict(self._pipelines)
 
     def inject(self, actor_class: type[pykka.Actor], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """``kwargs`` plus the runtime's services that ``actor_class`` takes (by name)."""

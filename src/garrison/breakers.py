@@ -267,6 +267,7 @@ class CircuitBreakerManager:
         self._listeners = tuple(listeners)
         self._timeout = float(timeout)
         self._handles: dict[str, CircuitBreakerHandle] = {}
+        self._borrowed: set[str] = set()
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -314,6 +315,22 @@ class CircuitBreakerManager:
             self._handles[name] = handle
             return handle
 
+    def register(self, name: str, ref: Ref, config: CircuitBreakerConfig) -> CircuitBreakerHandle:
+        """Give a handle to a breaker actor someone else started (a pipeline's breaker stage).
+
+        The manager does not own that actor: :meth:`stop` leaves it to its supervisor.
+        Raises ValueError if ``name`` already has a breaker.
+        """
+        if not isinstance(ref, Ref):
+            raise TypeError(f"ref must be a garrison.Ref, got {ref!r}")
+        with self._lock:
+            if name in self._handles:
+                raise ValueError(f"circuit breaker {name!r} already exists")
+            handle = CircuitBreakerHandle(name, ref, config, self._runtime.clock, self._timeout)
+            self._handles[name] = handle
+            self._borrowed.add(name)
+            return handle
+
     def get(self, name: str) -> CircuitBreakerHandle | None:
         """The handle of ``name``'s breaker, or None if there is none."""
         with self._lock:
@@ -345,6 +362,8 @@ class CircuitBreakerManager:
         if runtime.state != "running":
             return
         for handle in reversed(handles):
+            if handle.name in self._borrowed:
+                continue  # a pipeline's breaker: its own supervisor stops it
             # already gone: the runtime is stopping, or someone removed it
             with contextlib.suppress(LookupError, ActorUnavailable, AskTimeout):
                 runtime.supervisor.terminate_child(f"breaker:{handle.name}")

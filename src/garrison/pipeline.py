@@ -1,0 +1,300 @@
+"""Pipelines: the resilience stages composed in their fixed order, and what users call.
+
+A pipeline is a chain of stage actors, outermost first::
+
+    fallback -> retry -> circuit_breaker -> rate_limiter -> timeout -> bulkhead -> operation
+
+Any stage may be left out, except that operations always run on a bulkhead of worker actors
+(without a ``bulkhead`` stage, a default pool of ``DEFAULT_POOL`` workers). Each stage is a
+child of the pipeline's own supervisor (``pipeline:<name>`` under the runtime's root), and
+each forwards an :class:`~garrison.Execute` with its reply future without waiting for the
+next stage (DESIGN.md rules 1 and 2).
+
+```python
+api = rt.pipeline("external_api", rate_limit=RateLimitConfig(per_second=10),
+                  circuit_breaker=CircuitBreakerConfig(failure_threshold=5),
+                  retry=RetryConfig(max_attempts=3), timeout=TimeoutConfig(base_timeout=10),
+                  bulkhead=BulkheadConfig(max_workers=10), fallback=lambda err, msg: None)
+api.call(fetch_user, 42)                       # blocking
+api.submit(fetch_user, 42)                     # a garrison.Future
+await api.acall(fetch_user, 42)                # asyncio, never blocks the loop
+api.options(key="client-7", priority="high", timeout=2.0).call(fetch_user, 42)
+```
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+
+from garrison._future import Future
+from garrison._messages import Execute, GetStatus, Priority
+from garrison._ref import Ref
+from garrison.actors.breaker import CircuitBreakerActor
+from garrison.actors.bulkhead import BulkheadActor, BulkheadConfig
+from garrison.actors.fallback import NO_VALUE, FallbackActor
+from garrison.actors.limiter import RateLimiterActor
+from garrison.actors.retry import RetryActor
+from garrison.actors.timeout import TimeoutSupervisor
+from garrison.errors import ConfigError
+from garrison.policies.backoff import RetryConfig
+from garrison.policies.breaker import CircuitBreakerConfig
+from garrison.policies.rate import RateLimitConfig
+from garrison.policies.timeouts import TimeoutConfig
+from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
+
+if TYPE_CHECKING:
+    from garrison._runtime import Runtime
+
+__all__ = ["DEFAULT_POOL", "STAGE_ORDER", "FallbackConfig", "Pipeline", "PipelineView"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+STAGE_ORDER = ("fallback", "retry", "circuit_breaker", "rate_limiter", "timeout", "bulkhead")
+"""The stages of a pipeline, outermost first."""
+
+DEFAULT_POOL = BulkheadConfig(max_workers=10, max_queue=1000)
+"""The worker pool of a pipeline configured without a bulkhead stage."""
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """The fallback stage: a static ``value``, a ``fallback(error, message)`` callable, and/or
+    the last successful result per operation name (``cache_last_success``)."""
+
+    value: Any = NO_VALUE
+    fallback: Callable[[BaseException, Execute], Any] | None = None
+    cache_last_success: bool = False
+    cache_size: int = 1024
+
+    @classmethod
+    def of(cls, spec: object) -> FallbackConfig:
+        """A FallbackConfig as it is; a callable as ``fallback``; anything else as ``value``."""
+        if isinstance(spec, FallbackConfig):
+            return spec
+        if callable(spec):
+            return cls(fallback=spec)
+        return cls(value=spec)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    key: Hashable | None = None
+    priority: Priority = Priority.NORMAL
+    timeout: float | None = None
+    name: str = ""
+    cost: int = 1
+
+
+class PipelineView:
+    """A pipeline with per-call options (``key``, ``priority``, ``timeout``, ``name``, ``cost``).
+
+    ``call`` blocks, ``submit`` returns a :class:`~garrison.Future`, ``acall`` awaits without
+    blocking the event loop; all pass ``*args, **kwargs`` to the function.
+    """
+
+    def __init__(self, pipeline: Pipeline, options: _Options) -> None:
+        self._pipeline = pipeline
+        self._options = options
+
+    def execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Execute:
+        """The Execute message this view would send for ``fn(*args, **kwargs)``."""
+        options = self._options
+        return Execute(
+            fn,
+            args=args,
+            kwargs=kwargs,
+            key=options.key,
+            priority=options.priority,
+            timeout=options.timeout,
+            name=options.name,
+            cost=options.cost,
+        )
+
+    def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Send ``fn(*args, **kwargs)`` through the pipeline; return the future of its outcome."""
+        return self._pipeline.ref.ask_future(self.execute(fn, *args, **kwargs))
+
+    @overload
+    def call(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+
+    @overload
+    def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    def call(self, fn: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Run ``fn(*args, **kwargs)`` through the pipeline and wait for its outcome."""
+        return self.submit(fn, *args, **kwargs).get()
+
+    @overload
+    async def acall(
+        self, fn: Callable[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R: ...
+
+    @overload
+    async def acall(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    async def acall(self, fn: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> Any:
+        """``call`` for asyncio: awaits the outcome without blocking the event loop."""
+        return await self.submit(fn, *args, **kwargs)
+
+    def options(
+        self,
+        *,
+        key: Hashable | None = None,
+        priority: Priority | str | None = None,
+        timeout: float | None = None,
+        name: str | None = None,
+        cost: int | None = None,
+    ) -> PipelineView:
+        """A view with these options changed (validated when a call builds its Execute)."""
+        current = self._options
+        return PipelineView(
+            self._pipeline,
+            _Options(
+                key=key if key is not None else current.key,
+                priority=Priority.parse(priority) if priority is not None else current.priority,
+                timeout=timeout if timeout is not None else current.timeout,
+                name=name if name is not None else current.name,
+                cost=cost if cost is not None else current.cost,
+            ),
+        )
+
+    @overload
+    def protect(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+
+    @overload
+    def protect(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+
+    def protect(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        """Decorate ``fn`` so that every call goes through the pipeline (sync or async).
+
+        The wrapper keeps ``fn``'s signature (ParamSpec) and metadata; operations are named
+        after the function unless the view has a name.
+        """
+        view = self if self._options.name else self.options(name=_qualname(fn))
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def protected_async(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await view.acall(fn, *args, **kwargs)
+
+            return protected_async
+
+        @functools.wraps(fn)
+        def protected(*args: P.args, **kwargs: P.kwargs) -> Any:
+            return view.call(fn, *args, **kwargs)
+
+        return protected
+
+
+class Pipeline(PipelineView):
+    """A named chain of stage actors; see the module docstring.
+
+    ``ref`` is the outermost stage (message-level access: ``ref.ask(Execute(...))``),
+    ``stages`` maps each stage present to its Ref, ``status()`` asks each of them.
+    """
+
+    def __init__(self, name: str, supervisor: SupervisorRef, stages: dict[str, Ref]) -> None:
+        super().__init__(self, _Options())
+        self.name = name
+        self.supervisor = supervisor
+        self.stages = stages
+        self.ref = next(stages[stage] for stage in STAGE_ORDER if stage in stages)
+
+    def status(self, timeout: float | None = 5.0) -> dict[str, dict[str, Any]]:
+        """One entry per stage present (``fallback`` ... ``bulkhead``), each a plain dict."""
+        return {
+            stage: cast(dict[str, Any], self.stages[stage].ask(GetStatus(), timeout))
+            for stage in STAGE_ORDER
+            if stage in self.stages
+        }
+
+    def __repr__(self) -> str:
+        return f"<garrison.Pipeline {self.name!r} {' -> '.join(self.stages)}>"
+
+
+def build_pipeline(
+    runtime: Runtime,
+    name: str,
+    *,
+    rate_limit: RateLimitConfig | None = None,
+    circuit_breaker: CircuitBreakerConfig | None = None,
+    retry: RetryConfig | None = None,
+    timeout: TimeoutConfig | None = None,
+    bulkhead: BulkheadConfig | None = None,
+    fallback: object = None,
+) -> Pipeline:
+    """Start the stage actors of a pipeline, innermost first, under their own supervisor."""
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"pipeline name must be a non-empty string without '/', got {name!r}")
+    for key, value, kind in (
+        ("rate_limit", rate_limit, RateLimitConfig),
+        ("circuit_breaker", circuit_breaker, CircuitBreakerConfig),
+        ("retry", retry, RetryConfig),
+        ("timeout", timeout, TimeoutConfig),
+        ("bulkhead", bulkhead, BulkheadConfig),
+    ):
+        if value is not None and not isinstance(value, kind):
+            raise ConfigError(key, f"must be a {kind.__name__}, got {value!r}")
+    supervisor = runtime.supervisor.start_child(
+        ChildSpec(
+            f"pipeline:{name}",
+            Supervisor,
+            kwargs={"strategy": "one_for_one", "max_restarts": 10, "within_seconds": 10.0},
+            restart=Restart.PERMANENT,
+            shutdown_timeout=30.0,
+        )
+    )
+    assert isinstance(supervisor, SupervisorRef)
+    stages: dict[str, Ref] = {}
+
+    def start(stage: str, actor_class: type[Any], *args: Any, **kwargs: Any) -> Ref:
+        ref = supervisor.start_child(
+            ChildSpec(stage, actor_class, args=args, kwargs=kwargs, restart=Restart.PERMANENT)
+        )
+        stages[stage] = ref
+        return ref
+
+    try:
+        downstream = start("bulkhead", BulkheadActor, bulkhead or DEFAULT_POOL, name=name)
+        if timeout is not None:
+            downstream = start("timeout", TimeoutSupervisor, timeout, downstream, name=name)
+        if rate_limit is not None:
+            downstream = start("rate_limiter", RateLimiterActor, rate_limit, downstream, name=name)
+        if circuit_breaker is not None:
+            downstream = start(
+                "circuit_breaker", CircuitBreakerActor, circuit_breaker, downstream, service=name
+            )
+            runtime.breakers.register(name, downstream, circuit_breaker)
+        if retry is not None:
+            downstream = start("retry", RetryActor, retry, downstream, service=name)
+        if fallback is not None:
+            spec = FallbackConfig.of(fallback)
+            start(
+                "fallback",
+                FallbackActor,
+                spec.value,
+                downstream,
+                fallback=spec.fallback,
+                cache_last_success=spec.cache_last_success,
+                cache_size=spec.cache_size,
+            )
+    except BaseException:
+        runtime.supervisor.terminate_child(f"pipeline:{name}")
+        raise
+    return Pipeline(
+        name, supervisor, {stage: stages[stage] for stage in STAGE_ORDER if stage in stages}
+    )
+
+
+def _qualname(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
