@@ -28,6 +28,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute, GetStatus
 from garrison._ref import Ref
+from garrison._scheduler import Scheduler, TimerHandle, make_scheduler
 from garrison.actors._run import copy_outcome, run_operation
 
 __all__ = ["Observed", "Stage"]
@@ -56,6 +57,7 @@ class Stage(Actor):
         downstream: Ref | None = None,
         *,
         clock: Clock | None = None,
+        scheduler: Scheduler | None = None,
         loop: EventLoopThread | None = None,
     ) -> None:
         super().__init__()
@@ -64,6 +66,29 @@ class Stage(Actor):
         self.downstream = downstream
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.loop = loop
+        self._owns_scheduler = scheduler is None
+        self.scheduler: Scheduler = (
+            scheduler if scheduler is not None else make_scheduler(self.clock)
+        )
+        self._self_ref: Ref | None = None
+
+    # -- timers -------------------------------------------------------------------------------
+
+    @property
+    def self_ref(self) -> Ref:
+        """A Ref to this incarnation of the stage (timers are addressed to it)."""
+        if self._self_ref is None:
+            self._self_ref = Ref(self.actor_ref, self.mailbox.name)
+        return self._self_ref
+
+    def schedule(self, delay: float, message: Any) -> TimerHandle:
+        """Deliver ``message`` to this stage after ``delay`` seconds of its clock."""
+        return self.scheduler.schedule(delay, self.self_ref, message)
+
+    def release_scheduler(self) -> None:
+        """Stop the scheduler if this stage made its own (no runtime gave it one)."""
+        if self._owns_scheduler:
+            self.scheduler.stop()
 
     # -- dispatch -----------------------------------------------------------------------------
 

@@ -33,8 +33,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 from garrison._ref import Ref
-from garrison._scheduler import ManualScheduler, Scheduler, ThreadScheduler, TimerHandle
-from garrison._scheduler import make_scheduler as _make_scheduler
+from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors._run import copy_outcome
 from garrison.actors._stage import Stage
 from garrison.errors import CircuitOpen, Rejected
@@ -155,7 +154,7 @@ class CircuitBreakerActor(Stage):
         seed: int | None = None,
         listeners: Sequence[TransitionListener] = (),
     ) -> None:
-        super().__init__(downstream, clock=clock, loop=loop)
+        super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         if not isinstance(config, CircuitBreakerConfig):
             raise TypeError(f"config must be a CircuitBreakerConfig, got {config!r}")
         if not isinstance(service, str) or not service:
@@ -168,12 +167,6 @@ class CircuitBreakerActor(Stage):
         self.listeners: tuple[TransitionListener, ...] = tuple(listeners)
         self._rng = random.Random(seed)
         self.policy = BreakerPolicy(config, self._rng)
-        self._owned_scheduler: ThreadScheduler | ManualScheduler | None = None
-        if scheduler is None:
-            self._owned_scheduler = _make_scheduler(self.clock)
-            scheduler = self._owned_scheduler
-        self.scheduler: Scheduler = scheduler
-        self._self_ref: Ref | None = None
         self._timer: TimerHandle | None = None
         self._timer_due: float | None = None
         self._timer_token: object | None = None
@@ -181,8 +174,7 @@ class CircuitBreakerActor(Stage):
     # -- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        """Make the self Ref for timers; arm what a restored state needs."""
-        self._self_ref = Ref(self.actor_ref, self.mailbox.name)
+        """Arm what a restored state needs."""
         self._sync()
 
     def on_stop(self) -> None:
@@ -195,8 +187,7 @@ class CircuitBreakerActor(Stage):
 
     def _release(self) -> None:
         self._cancel_timer()
-        if self._owned_scheduler is not None:
-            self._owned_scheduler.stop()
+        self.release_scheduler()
 
     def snapshot(self) -> dict[str, Any]:
         """The policy's state as plain data (taken by a supervisor before a restart)."""
@@ -314,12 +305,9 @@ class CircuitBreakerActor(Stage):
                 self._arm(due, now)
 
     def _arm(self, due: float, now: float) -> None:
-        target = self._self_ref
-        if target is None:  # not started yet: on_start arms it
-            return
         token = object()
         try:
-            handle = self.scheduler.schedule(max(due - now, _MIN_TIMER_DELAY), target, _Tick(token))
+            handle = self.schedule(max(due - now, _MIN_TIMER_DELAY), _Tick(token))
         except RuntimeError:  # the scheduler has stopped: the runtime is shutting down
             return
         self._timer, self._timer_due, self._timer_token = handle, due, token

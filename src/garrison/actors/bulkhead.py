@@ -46,7 +46,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 from garrison._ref import Ref, actor_of
-from garrison._scheduler import Scheduler, TimerHandle, make_scheduler
+from garrison._scheduler import Scheduler, TimerHandle
 from garrison._spawn import start_actor, stop_and_join
 from garrison.actors._run import copy_outcome, is_coroutine_operation, run_operation
 from garrison.actors._stage import Stage
@@ -210,13 +210,9 @@ class BulkheadActor(Stage):
         config = config if config is not None else BulkheadConfig()
         if not isinstance(config, BulkheadConfig):
             raise TypeError(f"config must be a BulkheadConfig, got {config!r}")
-        super().__init__(downstream, clock=clock, loop=loop)
+        super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         self.config = config
         self.name = name if name is not None else ""
-        self._own_scheduler = scheduler is None
-        self.scheduler: Scheduler = (
-            scheduler if scheduler is not None else make_scheduler(self.clock)
-        )
         self._workers: list[_Worker] = []
         self._idle: deque[_Worker] = deque()
         self._running: dict[Future[Any], _Running] = {}
@@ -226,7 +222,6 @@ class BulkheadActor(Stage):
         self._names = itertools.count(1)
         self._in_flight = 0
         self._stuck = 0
-        self._self: Ref | None = None
         self.completed = 0
         self.rejected = 0
         self.abandoned = 0
@@ -236,7 +231,6 @@ class BulkheadActor(Stage):
 
     def on_start(self) -> None:
         """Start the worker pool."""
-        self._self = Ref(self.actor_ref, self.mailbox.name)
         if not self.name:
             self.name = self.mailbox.name.rsplit("/", 1)[-1]
         if self.downstream is None:
@@ -291,8 +285,7 @@ class BulkheadActor(Stage):
                     worker=worker.ref.name,
                     reason="it did not stop within shutdown_timeout",
                 )
-        if self._own_scheduler:
-            self.scheduler.stop()
+        self.release_scheduler()
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -311,10 +304,7 @@ class BulkheadActor(Stage):
         heapq.heappush(self._queue, entry)
         self._queued[reply] = entry
         if self.config.max_wait is not None:
-            assert self._self is not None
-            entry.timer = self.scheduler.schedule(
-                self.config.max_wait, self._self, _WaitExpired(reply)
-            )
+            entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
 
     def _can_start(self, message: Execute) -> bool:
         if self._in_flight >= self.config.concurrency:

@@ -43,7 +43,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute, Priority
 from garrison._ref import Ref
-from garrison._scheduler import Scheduler, TimerHandle, make_scheduler
+from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors._stage import Stage
 from garrison.errors import ActorUnavailable, QueueFull, QueueTimeout, RateLimited
 from garrison.observability.events import emit
@@ -137,14 +137,10 @@ class RateLimiterActor(Stage):
     ) -> None:
         if not isinstance(config, RateLimitConfig):
             raise TypeError(f"config must be a RateLimitConfig, got {config!r}")
-        super().__init__(downstream, clock=clock, loop=loop)
+        super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         self.config = config
         self.name = name if name is not None else ""
         self.policy = RateLimitPolicy(config)
-        self._own_scheduler = scheduler is None
-        self.scheduler: Scheduler = (
-            scheduler if scheduler is not None else make_scheduler(self.clock)
-        )
         self._queues: dict[Hashable, _KeyQueue] = {}
         self._waiting = 0
         self._seq = itertools.count()
@@ -152,7 +148,6 @@ class RateLimiterActor(Stage):
         self._paused_until = -math.inf
         self._recover_token = itertools.count(1)
         self._recovering: tuple[int, TimerHandle] | None = None
-        self._self: Ref | None = None
         self._interval = min(w.seconds / w.limit for w in config.windows)
         self._recovery_interval = config.windows[0].seconds
         self.admitted = 0
@@ -163,7 +158,6 @@ class RateLimiterActor(Stage):
 
     def on_start(self) -> None:
         """Keep a Ref to itself for timers; resume recovering a throttled rate."""
-        self._self = Ref(self.actor_ref, self.mailbox.name)
         if not self.name:
             self.name = self.mailbox.name.rsplit("/", 1)[-1]
         if self.policy.rate_factor < 1.0 and self.config.throttle_strategy == "adaptive":
@@ -275,9 +269,8 @@ class RateLimiterActor(Stage):
             return
         if timer is not None:
             timer.cancel()
-        assert self._self is not None
         delay = max(0.0, when - self.clock.monotonic())
-        queue.timer = self.scheduler.schedule(delay, self._self, _Drain(key))
+        queue.timer = self.schedule(delay, _Drain(key))
 
     def _drain(self, key: Hashable) -> None:
         queue = self._queues.get(key)
@@ -354,9 +347,8 @@ class RateLimiterActor(Stage):
     def _schedule_recovery(self) -> None:
         if self._recovering is not None:
             self._recovering[1].cancel()
-        assert self._self is not None
         token = next(self._recover_token)
-        handle = self.scheduler.schedule(self._recovery_interval, self._self, _Recover(token))
+        handle = self.schedule(self._recovery_interval, _Recover(token))
         self._recovering = (token, handle)
 
     def _recover(self, tick: _Recover) -> None:
@@ -442,5 +434,4 @@ class RateLimiterActor(Stage):
         if self._recovering is not None:
             self._recovering[1].cancel()
             self._recovering = None
-        if self._own_scheduler:
-            self.scheduler.stop()
+        self.release_scheduler()

@@ -57,7 +57,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 from garrison._ref import Ref
-from garrison._scheduler import Scheduler, TimerHandle, make_scheduler
+from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors._run import copy_outcome
 from garrison.actors._stage import Stage
 from garrison.errors import ActorUnavailable, RetriesExhausted
@@ -157,7 +157,7 @@ class RetryActor(Stage):
         seed: int | None = None,
         budget: RetryBudget | None = None,
     ) -> None:
-        super().__init__(downstream, clock=clock, loop=loop)
+        super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         if isinstance(config, Mapping):
             config = RetryConfig.from_dict(config)
         if not isinstance(config, RetryConfig):
@@ -167,11 +167,6 @@ class RetryActor(Stage):
         self.config = config
         self.service = service
         self.policy = RetryPolicy(config, random.Random(seed), budget)
-        self._owns_scheduler = scheduler is None
-        self.scheduler: Scheduler = (
-            scheduler if scheduler is not None else make_scheduler(self.clock)
-        )
-        self._self_ref: Ref | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Operation] = {}
         self._in_flight: dict[int, _Operation] = {}
@@ -185,10 +180,6 @@ class RetryActor(Stage):
         self._abandoned = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
-
-    def on_start(self) -> None:
-        """Make the Ref that retry timers are addressed to (this incarnation's mailbox)."""
-        self._self_ref = Ref(self.actor_ref)
 
     def on_stop(self) -> None:
         """Answer every operation that waits for a retry timer; release an owned scheduler."""
@@ -221,8 +212,7 @@ class RetryActor(Stage):
                     reason=why,
                     error=operation.last_error,
                 )
-        if self._owns_scheduler:
-            self.scheduler.stop()
+        self.release_scheduler()
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -353,11 +343,8 @@ class RetryActor(Stage):
             elapsed=round(now - operation.started_at, 6),
             **fields,
         )
-        assert self._self_ref is not None
         try:
-            operation.timer = self.scheduler.schedule(
-                decision.delay, self._self_ref, _RetryDue(operation, self.mailbox.name)
-            )
+            operation.timer = self.schedule(decision.delay, _RetryDue(operation, self.mailbox.name))
         except RuntimeError as stopped:  # the runtime is shutting down: no more timers
             unavailable = ActorUnavailable(self.mailbox.name, str(stopped))
             unavailable.__cause__ = error

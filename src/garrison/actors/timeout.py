@@ -31,7 +31,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 from garrison._ref import Ref
-from garrison._scheduler import Scheduler, TimerHandle, make_scheduler
+from garrison._scheduler import Scheduler, TimerHandle
 from garrison._spawn import start_actor, stop_and_join
 from garrison.actors._run import copy_outcome
 from garrison.actors._stage import Stage
@@ -98,26 +98,20 @@ class TimeoutSupervisor(Stage):
         config = config if config is not None else TimeoutConfig()
         if not isinstance(config, TimeoutConfig):
             raise TypeError(f"config must be a TimeoutConfig, got {config!r}")
-        super().__init__(downstream, clock=clock, loop=loop)
+        super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         self.config = config
         self.name = name if name is not None else ""
         self.policy = AdaptiveTimeoutPolicy(config)
-        self._own_scheduler = scheduler is None
-        self.scheduler: Scheduler = (
-            scheduler if scheduler is not None else make_scheduler(self.clock)
-        )
         self._workers = workers
         self._queue = queue
         self._private_pool: Ref | None = None
         self._pending: dict[int, _Pending] = {}
         self._tokens = itertools.count(1)
-        self._self: Ref | None = None
         self.completed = 0
         self.timeouts = 0
 
     def on_start(self) -> None:
         """Start a private worker pool when there is no downstream."""
-        self._self = Ref(self.actor_ref, self.mailbox.name)
         if not self.name:
             self.name = self.mailbox.name.rsplit("/", 1)[-1]
         if self.downstream is None:
@@ -149,8 +143,7 @@ class TimeoutSupervisor(Stage):
         if self._private_pool is not None:
             stop_and_join(self._private_pool, 30.0)
             self._private_pool = None
-        if self._own_scheduler:
-            self.scheduler.stop()
+        self.release_scheduler()
 
     # -- operations ---------------------------------------------------------------------------
 
@@ -158,7 +151,6 @@ class TimeoutSupervisor(Stage):
         """Arm the timer and hand the operation on."""
         target = self.downstream if self.downstream is not None else self._private_pool
         assert target is not None
-        assert self._self is not None
         timeout = message.timeout if message.timeout is not None else self.policy.current()
         token = next(self._tokens)
         inner: Future[Any] = Future()
@@ -170,7 +162,7 @@ class TimeoutSupervisor(Stage):
             if not mailbox.try_put(Envelope(_Finished(token, done, reply))):
                 copy_outcome(done, reply)
 
-        pending.timer = self.scheduler.schedule(timeout, self._self, _Expired(token))
+        pending.timer = self.schedule(timeout, _Expired(token))
         inner.add_done_callback(report)
         target.forward(message, inner)
 
