@@ -2,8 +2,9 @@
 
 Run it with ``make demo`` (or ``.venv/bin/python examples/first_steps.py``). It starts a
 Runtime, sends real operations to worker actors (plain functions, coroutines, failing ones,
-timer-delayed ones), shows that every operation gets exactly one outcome, and stops with no
-thread left behind.
+timer-delayed ones), shows that every operation gets exactly one outcome, runs a full
+pipeline (retry, circuit breaker, rate limiter, timeout, bulkhead, fallback) in front of a
+service that fails, goes down and recovers, and stops with no thread left behind.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import time
 
 import structlog
 
-from garrison import ActorUnavailable, Execute, Future, Priority, Runtime
+from garrison import (
+    ActorUnavailable,
+    BulkheadConfig,
+    CircuitBreakerConfig,
+    Execute,
+    Future,
+    Priority,
+    RateLimitConfig,
+    RetryConfig,
+    Runtime,
+    TimeoutConfig,
+)
 from garrison.actors import WorkerActor
 
 
@@ -34,13 +46,66 @@ async def fetch_profile(user_id: int) -> dict[str, object]:
     return {"id": user_id, "bio": f"profile of user {user_id}"}
 
 
+class FlakyService:
+    """A downstream that fails now and then, then goes down, then recovers."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.down = False
+        self.flaky = True
+        self.lock = threading.Lock()
+
+    def get(self, item: int) -> dict[str, object]:
+        with self.lock:
+            self.calls += 1
+            calls, down, flaky = self.calls, self.down, self.flaky
+        time.sleep(0.002)
+        if down or (flaky and calls % 4 == 0):
+            raise ConnectionError(f"service unavailable (call {calls})")
+        return {"item": item, "ok": True}
+
+
+def pipeline_demo(rt: Runtime) -> None:
+    service = FlakyService()
+    api = rt.pipeline(
+        "inventory",
+        rate_limit=RateLimitConfig(per_second=200, on_limit="wait", max_wait_time=5),
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=5, recovery_timeout=0.3),
+        retry=RetryConfig(max_attempts=3, base_delay=0.01, max_delay=0.05),
+        timeout=TimeoutConfig(base_timeout=1.0),
+        bulkhead=BulkheadConfig(max_workers=4, max_queue=100),
+        fallback=lambda error, message: {"item": None, "fallback": type(error).__name__},
+    )
+    print(f"pipeline: {api}")
+    results = [api.call(service.get, i) for i in range(20)]
+    fallbacks = sum(1 for r in results if r.get("fallback"))
+    print(
+        f"20 calls to a service failing 1 call in 4: {20 - fallbacks} answered, "
+        f"{fallbacks} fallbacks, {service.calls} service calls (retries included)"
+    )
+    service.down = True
+    outage = [api.call(service.get, i) for i in range(20)]
+    breaker = api.status()["circuit_breaker"]
+    print(
+        f"during an outage: fallbacks {[r.get('fallback') for r in outage[-3:]]} ...; "
+        f"breaker {breaker['state']}; service calls so far {service.calls}"
+    )
+    service.down = service.flaky = False
+    time.sleep(0.35)  # the demo waits out the breaker's recovery_timeout on the real clock
+    recovered = [api.call(service.get, i) for i in range(5)]
+    print(
+        f"after recovery: {sum(1 for r in recovered if r.get('ok'))}/5 answered, "
+        f"breaker {api.status()['circuit_breaker']['state']}"
+    )
+
+
 def main() -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(30),  # warnings and up
+        wrapper_class=structlog.make_filtering_bound_logger(40),  # errors and up
     )
     threads_before = threading.active_count()
     started = time.perf_counter()
@@ -104,6 +169,9 @@ def main() -> None:
             print(f"ask to a stopped worker: {type(error).__name__}: {error}")
         workers[3].tell(Execute(fetch_user, args=(2,)))
         print(f"tell to a stopped worker -> dead letters: {rt.dead_letters.count}")
+
+        # 5. A whole pipeline in front of a service that goes down and comes back.
+        pipeline_demo(rt)
 
     print(
         f"runtime stopped after {time.perf_counter() - started:.2f}s; threads before "
