@@ -212,9 +212,13 @@ class SafeLoop(pykka.Actor):
             )
         told = envelope is not None and envelope.reply_to is None
         if told and envelope is not None and not isinstance(envelope.message, messages._ActorStop):
-            self.mailbox.dead_letters.record(
-                self.mailbox.name, envelope.message, "its handler crashed", error
-            )
+            refused = getattr(envelope.message, "refused", None)
+            if callable(refused):  # the message can give its outcome elsewhere (first wins)
+                refused("its handler crashed")
+            else:
+                self.mailbox.dead_letters.record(
+                    self.mailbox.name, envelope.message, "its handler crashed", error
+                )
         self._notify_exit(error)
         if envelope is not None and envelope.reply_to is not None:
             reply = envelope.reply_to

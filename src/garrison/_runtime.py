@@ -226,13 +226,17 @@ class Runtime:
         timeout: TimeoutConfig | None = None,
         bulkhead: BulkheadConfig | None = None,
         fallback: object = None,
+        max_restarts: int = 10,
+        within_seconds: float = 10.0,
     ) -> Pipeline:
         """The pipeline ``name``: built with these stages, or from the configuration.
 
         With no stage arguments, an existing pipeline of that name is returned, or one is
         built from ``services.<name>`` (or the defaults) of the runtime's configuration.
         Stages run in the fixed order fallback, retry, circuit breaker, rate limiter,
-        timeout, bulkhead (see :mod:`garrison.pipeline`).
+        timeout, bulkhead (see :mod:`garrison.pipeline`). ``max_restarts`` within
+        ``within_seconds`` is the restart intensity of the pipeline's supervisor (past it,
+        the root supervisor rebuilds the whole pipeline).
         """
         stages: dict[str, Any] = {
             key: value
@@ -253,7 +257,14 @@ class Runtime:
             return existing
         if not stages and self.config is not None:
             stages = self.config.service(name).stages()
-        built = build_pipeline(self, name, fallback=fallback, **stages)
+        built = build_pipeline(
+            self,
+            name,
+            fallback=fallback,
+            max_restarts=max_restarts,
+            within_seconds=within_seconds,
+            **stages,
+        )
         with self._lock:
             self._pipelines[name] = built
         return built

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
@@ -49,7 +49,15 @@ from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
 if TYPE_CHECKING:
     from garrison._runtime import Runtime
 
-__all__ = ["DEFAULT_POOL", "STAGE_ORDER", "FallbackConfig", "Pipeline", "PipelineView"]
+__all__ = [
+    "DEFAULT_POOL",
+    "STAGE_ORDER",
+    "FallbackConfig",
+    "Pipeline",
+    "PipelineStages",
+    "PipelineSupervisor",
+    "PipelineView",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -221,6 +229,80 @@ class Pipeline(PipelineView):
         return f"<garrison.Pipeline {self.name!r} {' -> '.join(self.stages)}>"
 
 
+@dataclass(frozen=True, slots=True)
+class PipelineStages:
+    """The stage configs of one pipeline (None: that stage is left out)."""
+
+    name: str
+    rate_limit: RateLimitConfig | None = None
+    circuit_breaker: CircuitBreakerConfig | None = None
+    retry: RetryConfig | None = None
+    timeout: TimeoutConfig | None = None
+    bulkhead: BulkheadConfig | None = None
+    fallback: FallbackConfig | None = None
+
+    def __post_init__(self) -> None:
+        for key, kind in (
+            ("rate_limit", RateLimitConfig),
+            ("circuit_breaker", CircuitBreakerConfig),
+            ("retry", RetryConfig),
+            ("timeout", TimeoutConfig),
+            ("bulkhead", BulkheadConfig),
+            ("fallback", FallbackConfig),
+        ):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, kind):
+                raise ConfigError(key, f"must be a {kind.__name__}, got {value!r}")
+
+
+class PipelineSupervisor(Supervisor):
+    """Supervises the stage actors of one pipeline and builds them, innermost first.
+
+    The stages are built in :meth:`child_specs`, each given the Ref of the stage below it,
+    so when this supervisor is itself restarted (its stages failed more often than its
+    restart intensity allows) it builds the whole chain again, reached through the same
+    Refs as before.
+    """
+
+    def __init__(self, name: str, *, stages: PipelineStages, **kwargs: Any) -> None:
+        if not isinstance(stages, PipelineStages):
+            raise TypeError(f"stages must be PipelineStages, got {stages!r}")
+        super().__init__(name, **kwargs)
+        self.stages = stages
+
+    def child_specs(self) -> Iterator[ChildSpec]:
+        """bulkhead, then timeout, rate limiter, breaker, retry, fallback (those present)."""
+        stages = self.stages
+        name = stages.name
+        permanent = Restart.PERMANENT
+
+        def spec(stage: str, actor_class: type[Any], *args: Any, **kwargs: Any) -> ChildSpec:
+            return ChildSpec(stage, actor_class, args=args, kwargs=kwargs, restart=permanent)
+
+        yield spec("bulkhead", BulkheadActor, stages.bulkhead or DEFAULT_POOL, name=name)
+        below = "bulkhead"
+        for stage, actor_class, config, extra in (
+            ("timeout", TimeoutSupervisor, stages.timeout, {"name": name}),
+            ("rate_limiter", RateLimiterActor, stages.rate_limit, {"name": name}),
+            ("circuit_breaker", CircuitBreakerActor, stages.circuit_breaker, {"service": name}),
+            ("retry", RetryActor, stages.retry, {"service": name}),
+        ):
+            if config is not None:
+                yield spec(stage, actor_class, config, self.child_ref(below), **extra)
+                below = stage
+        fallback = stages.fallback
+        if fallback is not None:
+            yield spec(
+                "fallback",
+                FallbackActor,
+                fallback.value,
+                self.child_ref(below),
+                fallback=fallback.fallback,
+                cache_last_success=fallback.cache_last_success,
+                cache_size=fallback.cache_size,
+            )
+
+
 def build_pipeline(
     runtime: Runtime,
     name: str,
@@ -231,68 +313,52 @@ def build_pipeline(
     timeout: TimeoutConfig | None = None,
     bulkhead: BulkheadConfig | None = None,
     fallback: object = None,
+    max_restarts: int = 10,
+    within_seconds: float = 10.0,
 ) -> Pipeline:
-    """Start the stage actors of a pipeline, innermost first, under their own supervisor."""
+    """Start a pipeline's supervisor (which builds the stages) under the runtime's root."""
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"pipeline name must be a non-empty string without '/', got {name!r}")
-    for key, value, kind in (
-        ("rate_limit", rate_limit, RateLimitConfig),
-        ("circuit_breaker", circuit_breaker, CircuitBreakerConfig),
-        ("retry", retry, RetryConfig),
-        ("timeout", timeout, TimeoutConfig),
-        ("bulkhead", bulkhead, BulkheadConfig),
-    ):
-        if value is not None and not isinstance(value, kind):
-            raise ConfigError(key, f"must be a {kind.__name__}, got {value!r}")
+    stages = PipelineStages(
+        name,
+        rate_limit=rate_limit,
+        circuit_breaker=circuit_breaker,
+        retry=retry,
+        timeout=timeout,
+        bulkhead=bulkhead,
+        fallback=FallbackConfig.of(fallback) if fallback is not None else None,
+    )
     supervisor = runtime.supervisor.start_child(
         ChildSpec(
             f"pipeline:{name}",
-            Supervisor,
-            kwargs={"strategy": "one_for_one", "max_restarts": 10, "within_seconds": 10.0},
+            PipelineSupervisor,
+            kwargs={
+                "stages": stages,
+                "strategy": "one_for_one",
+                "max_restarts": max_restarts,
+                "within_seconds": within_seconds,
+            },
             restart=Restart.PERMANENT,
             shutdown_timeout=30.0,
         )
     )
     assert isinstance(supervisor, SupervisorRef)
-    stages: dict[str, Ref] = {}
+    present = [stage for stage in STAGE_ORDER if _configured(stages, stage)]
+    refs = {stage: supervisor.child(stage) for stage in present}
+    if circuit_breaker is not None:
+        try:
+            runtime.breakers.register(name, refs["circuit_breaker"], circuit_breaker)
+        except BaseException:
+            runtime.supervisor.terminate_child(f"pipeline:{name}")
+            raise
+    return Pipeline(name, supervisor, refs)
 
-    def start(stage: str, actor_class: type[Any], *args: Any, **kwargs: Any) -> Ref:
-        ref = supervisor.start_child(
-            ChildSpec(stage, actor_class, args=args, kwargs=kwargs, restart=Restart.PERMANENT)
-        )
-        stages[stage] = ref
-        return ref
 
-    try:
-        downstream = start("bulkhead", BulkheadActor, bulkhead or DEFAULT_POOL, name=name)
-        if timeout is not None:
-            downstream = start("timeout", TimeoutSupervisor, timeout, downstream, name=name)
-        if rate_limit is not None:
-            downstream = start("rate_limiter", RateLimiterActor, rate_limit, downstream, name=name)
-        if circuit_breaker is not None:
-            downstream = start(
-                "circuit_breaker", CircuitBreakerActor, circuit_breaker, downstream, service=name
-            )
-            runtime.breakers.register(name, downstream, circuit_breaker)
-        if retry is not None:
-            downstream = start("retry", RetryActor, retry, downstream, service=name)
-        if fallback is not None:
-            spec = FallbackConfig.of(fallback)
-            start(
-                "fallback",
-                FallbackActor,
-                spec.value,
-                downstream,
-                fallback=spec.fallback,
-                cache_last_success=spec.cache_last_success,
-                cache_size=spec.cache_size,
-            )
-    except BaseException:
-        runtime.supervisor.terminate_child(f"pipeline:{name}")
-        raise
-    return Pipeline(
-        name, supervisor, {stage: stages[stage] for stage in STAGE_ORDER if stage in stages}
-    )
+def _configured(stages: PipelineStages, stage: str) -> bool:
+    if stage == "bulkhead":
+        return True  # always present: the default pool when not configured
+    attribute = "rate_limit" if stage == "rate_limiter" else stage
+    return getattr(stages, attribute) is not None
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

@@ -263,6 +263,9 @@ class BulkheadActor(Stage):
         self._shutdown("the bulkhead crashed")
 
     def _shutdown(self, reason: str) -> None:
+        for reply, record in self._running.items():
+            # Running operations still answer their callers, whatever becomes of us.
+            record.inner.add_done_callback(_relay_to(reply))
         for entry in self._queue:
             if not entry.done:
                 entry.done = True
@@ -467,3 +470,10 @@ class BulkheadActor(Stage):
             "abandoned": self.abandoned,
             "stuck_workers": self._stuck,
         }
+
+
+def _relay_to(reply: Future[Any]) -> Any:
+    def relay(done: Future[Any]) -> None:
+        copy_outcome(done, reply)
+
+    return relay

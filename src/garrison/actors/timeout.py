@@ -111,9 +111,7 @@ class TimeoutSupervisor(Stage):
         self.timeouts = 0
 
     def on_start(self) -> None:
-        """Start a private worker pool when there is no downstream."""
-        if not self.name:
-            self.name = self.mailbox.name.rsplit("/", 1)[-1]
+        """Start a private worker pool when there is no downstream; re-arm restored timers."""
         if self.downstream is None:
             path = f"{self.mailbox.name}/pool"
             pool = start_actor(
@@ -124,22 +122,29 @@ class TimeoutSupervisor(Stage):
                 self.mailbox.dead_letters,
             )
             self._private_pool = Ref(pool, path)
+        now = self.clock.monotonic()
+        for token, pending in self._pending.items():
+            # Operations a crashed predecessor handed on keep their deadlines.
+            remaining = pending.started + pending.timeout - now
+            pending.timer = self.schedule(max(remaining, 0.0), _Expired(token))
 
     def on_stop(self) -> None:
         """Stop the private pool (pending operations still get their outcomes)."""
-        self._release()
+        self._release(forget=True)
 
     def on_failure(self, *_exc: Any) -> None:
-        """Stop the private pool; pending callers get their outcomes from the operations."""
-        self._release()
+        """A crash: pending operations keep their outcomes and, after a restart, deadlines."""
+        self._release(forget=False)
 
-    def _release(self) -> None:
+    def _release(self, *, forget: bool) -> None:
         for pending in self._pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()
+                pending.timer = None
             # Whoever finishes first answers: the operation's own outcome still arrives.
             pending.inner.add_done_callback(_relay(pending.reply))
-        self._pending.clear()
+        if forget:
+            self._pending.clear()
         if self._private_pool is not None:
             stop_and_join(self._private_pool, 30.0)
             self._private_pool = None
@@ -219,14 +224,20 @@ class TimeoutSupervisor(Stage):
             "timeouts": self.timeouts,
         }
 
-    def snapshot(self) -> list[float]:
-        """The remembered response times, for a supervised restart."""
-        return list(self.policy._samples)
+    def snapshot(self) -> dict[str, Any]:
+        """Response times and the operations still in flight, for a supervised restart."""
+        return {
+            "samples": list(self.policy._samples),
+            "pending": dict(self._pending),
+            "next_token": next(self._tokens),
+        }
 
-    def restore(self, state: list[float]) -> None:
-        """Relearn a predecessor's response times."""
-        for duration in state:
+    def restore(self, state: dict[str, Any]) -> None:
+        """Relearn a predecessor's response times; take over its operations in flight."""
+        for duration in state["samples"]:
             self.policy.record(duration)
+        self._pending = dict(state["pending"])
+        self._tokens = itertools.count(state["next_token"])
 
 
 def _relay(reply: Future[Any]) -> Any:

@@ -20,7 +20,7 @@ import itertools
 import math
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -313,7 +313,11 @@ class Supervisor(Actor):
         """Start the children in order; a child that cannot start fails the supervisor."""
         self._self_ref = Ref(self.actor_ref, self.name)
         try:
-            for spec in self._specs:
+            for spec in self.child_specs():
+                if not isinstance(spec, ChildSpec):
+                    raise TypeError(f"child_specs() must yield ChildSpec objects, got {spec!r}")
+                if spec.name in self._children:
+                    raise ValueError(f"supervisor {self.path!r} already has a child {spec.name!r}")
                 child = _Child(spec)
                 self._children[spec.name] = child
                 self._start_child(child)
@@ -329,8 +333,24 @@ class Supervisor(Actor):
             "garrison.supervisor.started",
             supervisor=self.path,
             strategy=self.strategy.value,
-            children=[spec.name for spec in self._specs],
+            children=list(self._children),
         )
+
+    def child_specs(self) -> Iterator[ChildSpec]:
+        """The children to start, in order (each started before the next is asked for).
+
+        The default yields the ``children`` given at construction. A subclass may build
+        specs as it goes, e.g. passing an earlier child's :meth:`child_ref` to a later one:
+        they are built again, the same way, whenever the supervisor itself restarts.
+        """
+        yield from self._specs
+
+    def child_ref(self, name: str) -> Ref:
+        """The stable Ref of the already-started child ``name`` (for :meth:`child_specs`)."""
+        child = self._children.get(name)
+        if child is None or child.ref is None:
+            raise LookupError(f"supervisor {self.path!r} has no started child {name!r}")
+        return child.ref
 
     def on_stop(self) -> None:
         """Stop the children in reverse start order, then the services this supervisor owns."""

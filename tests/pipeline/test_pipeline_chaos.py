@@ -1,0 +1,590 @@
+"""Chaos through whole pipelines: stage actors crash at random while operations are in flight.
+
+Two pipelines with every stage (retry, circuit breaker, rate limiter, timeout, bulkhead; one
+of them also with a fallback) take ~3,000 operations from four threads, as asks
+(``api.submit``) and tells (``api.ref.tell(Execute(...))``). Operations succeed, fail for good,
+fail once and then succeed, run for a few milliseconds, or outlive their own per-call timeout.
+Meanwhile a chaos thread crashes stage actors at random.
+
+**How a stage is crashed.** Pipelines are built from the stock stage actors, so the crash is
+injected into the running incarnation: the test takes the actor object behind the stage's Ref
+(``garrison._ref.actor_of(ref.actor_ref)``) and shadows one of its handler hooks with an
+instance attribute that removes itself and raises :class:`Chaos` (a ``RuntimeError``) the
+next time the actor calls it, in the actor's own thread. The hooks are the methods a stage's
+own logic lives in (:meth:`Stage.handle_execute` for an incoming operation,
+:meth:`Stage.handle_outcome` for an outcome coming back, ``handle_other`` for timers and
+completion notices), so each injected crash is what a bug in that code would do: an exception
+escaping the actor's handler for the message it is handling. Nothing is sent to the actor and
+no actor class is changed; the next incarnation (a new object) has no shadowing attribute.
+
+The pipeline supervisor's restart intensity (10 restarts in 10 s by default) is raised for
+the chaos runs (``rt.pipeline(..., max_restarts=...)``), so that the supervisor restarts every
+crashed stage instead of giving up: escalation is tested separately, at the end of this
+module, with the other cases the chaos first exposed (a bulkhead crash on a worker's
+completion notice, a restarted timeout stage keeping the deadlines of the operations it had
+handed on).
+
+Every random choice (plans, asks or tells, which hook to arm, pauses) comes from seeded
+generators; only the threads' interleaving differs from run to run.
+
+What must hold, whatever the interleaving:
+
+- every ask resolves, within one bounded wait, exactly once, to an outcome the pipeline can
+  produce: the operation's value, its own error (possibly inside ``RetriesExhausted``), a typed
+  garrison error (``CircuitOpen``, ``RateLimited``, ``BulkheadFull``, ``OperationTimeout``,
+  ``ActorUnavailable``...) or the ``Chaos`` error of a crash that hit the message carrying the
+  operation or its outcome; with a fallback, a value or the fallback's value (a ``Chaos`` error
+  only when the fallback stage itself crashed);
+- a value is the value of *this* operation;
+- no operation ran more often than the retry stage sent it on: once, plus once per retry it
+  scheduled (counted from its ``garrison.retry.attempt_failed`` events, across incarnations),
+  never more than ``max_attempts``, nor than the attempts ``RetriesExhausted`` reports;
+- a told operation yields at most one dead letter, an asked one none;
+- at the end every stage is running under the pipeline's supervisor, the pipeline still
+  works, and after ``rt.stop()`` no thread is left behind.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import structlog
+
+from garrison import Future, Runtime
+from garrison._dead_letters import DeadLetters
+from garrison._messages import Execute
+from garrison._ref import Ref, actor_of
+from garrison.actors.bulkhead import BulkheadConfig
+from garrison.errors import (
+    ActorUnavailable,
+    AskTimeout,
+    BulkheadFull,
+    CircuitOpen,
+    OperationTimeout,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+    RetriesExhausted,
+)
+from garrison.pipeline import Pipeline
+from garrison.policies.backoff import RetryConfig
+from garrison.policies.breaker import CircuitBreakerConfig
+from garrison.policies.rate import RateLimitConfig
+from garrison.policies.timeouts import TimeoutConfig
+
+WAIT = 20.0  # the bound on any wait; a healthy run needs a small fraction of it
+SEED = 20261203
+THREADS = 4
+PER_THREAD = 375  # x 4 threads x 2 pipelines = 3,000 operations
+WINDOW = 24  # asks a sender may have outstanding before it waits for the oldest
+MAX_ATTEMPTS = 3
+FALLBACK = "fallback value"
+SEND_PAUSE = (0.0, 0.02)  # seconds between two sends of one sender
+CHAOS_PAUSE = (0.01, 0.05)  # seconds between two arming of a crash
+
+# Which hooks of each stage the chaos thread shadows (those that see traffic in these runs).
+HOOKS: dict[str, tuple[str, ...]] = {
+    "fallback": ("handle_execute", "handle_outcome"),
+    "retry": ("handle_execute", "handle_outcome", "handle_other"),
+    "circuit_breaker": ("handle_execute", "handle_outcome"),
+    "rate_limiter": ("handle_execute",),
+    "timeout": ("handle_execute", "handle_other"),
+    "bulkhead": ("handle_execute", "handle_other"),
+}
+# Messages that an armed hook lets through instead of crashing on (none: every message of
+# every stage may crash; see test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome).
+SPARED: dict[tuple[str, str], tuple[str, ...]] = {}
+
+# What an operation does: its plan, drawn per operation from a seeded rng.
+PLANS = (
+    ("ok", 0.50),  # returns at once
+    ("slow", 0.20),  # returns after 1-8 ms
+    ("fail", 0.10),  # always raises OpError (retryable)
+    ("flaky", 0.12),  # raises OpError on its first run, then returns
+    ("stuck", 0.08),  # runs 25 ms with a per-call timeout of 8 ms: OperationTimeout
+)
+STUCK_FOR = 0.025
+STUCK_TIMEOUT = 0.008
+
+# The typed errors a pipeline may answer with besides the operation's own and the crashes'.
+GARRISON_OUTCOMES = (
+    ActorUnavailable,
+    BulkheadFull,
+    CircuitOpen,
+    OperationTimeout,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+)
+
+
+class Chaos(RuntimeError):
+    """The error an injected crash raises (not retryable: it reaches the caller as it is)."""
+
+
+class OpError(ConnectionError):
+    """An operation's own failure (a ConnectionError, so the retry stage retries it)."""
+
+
+# -- the workload -------------------------------------------------------------------------------
+
+
+class Workload:
+    """The operations: their plans, and how many times each one ran (any thread)."""
+
+    def __init__(self, count: int, seed: int) -> None:
+        rng = random.Random(seed)
+        names = [name for name, _ in PLANS]
+        weights = [weight for _, weight in PLANS]
+        self.plans = rng.choices(names, weights, k=count)
+        self.delays = [rng.uniform(0.001, 0.008) for _ in range(count)]
+        self.runs: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def op(self, op_id: int) -> tuple[str, int]:
+        with self._lock:
+            self.runs[op_id] += 1
+            run = self.runs[op_id]
+        plan = self.plans[op_id]
+        if plan == "slow":
+            time.sleep(self.delays[op_id])
+        elif plan == "stuck":
+            time.sleep(STUCK_FOR)
+        elif plan == "fail" or (plan == "flaky" and run == 1):
+            raise OpError(f"op {op_id} failed (run {run})")
+        return ("ok", op_id)
+
+    def execute(self, op_id: int) -> Execute:
+        """The message of operation ``op_id`` (for tells)."""
+        timeout = STUCK_TIMEOUT if self.plans[op_id] == "stuck" else None
+        return Execute(self.op, args=(op_id,), name=f"op-{op_id}", timeout=timeout)
+
+    def submit(self, api: Pipeline, op_id: int) -> Future[Any]:
+        """Ask the pipeline to run operation ``op_id`` (through its public API)."""
+        timeout = STUCK_TIMEOUT if self.plans[op_id] == "stuck" else None
+        view = api.options(name=f"op-{op_id}", timeout=timeout)
+        return view.submit(self.op, op_id)
+
+
+# -- crash injection ----------------------------------------------------------------------------
+
+
+class Crasher:
+    """Shadows a hook of a running stage actor so that its next call crashes the actor."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.fired: Counter[tuple[str, str]] = Counter()
+        self._armed: list[tuple[Any, str]] = []
+
+    def arm(self, stage: str, ref: Ref, hook: str, spared: tuple[str, ...] = ()) -> bool:
+        """Arm ``hook`` of the current incarnation behind ``ref``; False if it cannot be.
+
+        A call whose first argument's class is named in ``spared`` goes to the real hook
+        and the hook stays armed.
+        """
+        actor = actor_of(ref.actor_ref)
+        if actor is None or actor.actor_stopped.is_set() or hook in vars(actor):
+            return False  # restarting, or armed already
+        real = getattr(actor, hook)
+        crasher = self
+
+        def crash(*args: Any) -> Any:
+            if spared and type(args[0]).__name__ in spared:
+                return real(*args)
+            vars(actor).pop(hook, None)  # one shot (the actor is about to die anyway)
+            with crasher._lock:
+                crasher.fired[(stage, hook)] += 1
+            raise Chaos(f"chaos in {stage}.{hook}")
+
+        setattr(actor, hook, crash)
+        with self._lock:
+            self._armed.append((actor, hook))
+        return True
+
+    def disarm_all(self) -> None:
+        """Remove every shadowing attribute that has not fired (racing a firing one is fine)."""
+        with self._lock:
+            armed, self._armed = self._armed, []
+        for actor, hook in armed:
+            vars(actor).pop(hook, None)
+
+
+def chaos_loop(
+    api: Pipeline, crasher: Crasher, stop: threading.Event, seed: int, errors: list[BaseException]
+) -> None:
+    rng = random.Random(seed)
+    targets = [(stage, hook) for stage in api.stages for hook in HOOKS[stage]]
+    try:
+        while not stop.is_set():
+            stage, hook = targets[rng.randrange(len(targets))]
+            crasher.arm(stage, api.stages[stage], hook, SPARED.get((stage, hook), ()))
+            stop.wait(rng.uniform(*CHAOS_PAUSE))
+    except BaseException as error:  # reported by the main thread
+        errors.append(error)
+
+
+# -- senders ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sent:
+    asks: list[tuple[int, Future[Any]]] = field(default_factory=list)
+    tells: list[int] = field(default_factory=list)
+
+
+def outcome(future: Future[Any], timeout: float) -> tuple[str, Any]:
+    """("value", v) / ("error", e) / ("hung", None) after waiting at most ``timeout``."""
+    try:
+        error = future.exception(max(timeout, 0.0))
+    except AskTimeout:
+        return ("hung", None)
+    if error is not None:
+        return ("error", error)
+    return ("value", future.get(0))
+
+
+def run_senders(
+    api: Pipeline, workload: Workload, seed: int
+) -> tuple[Sent, Counter[int], list[int]]:
+    """Send every operation from THREADS threads; return what was sent, completions, hangs."""
+    barrier = threading.Barrier(THREADS, timeout=WAIT)
+    parts = [Sent() for _ in range(THREADS)]
+    completions: Counter[int] = Counter()
+    completions_lock = threading.Lock()
+    hung: list[int] = []
+    errors: list[BaseException] = []
+    deadline = time.monotonic() + WAIT
+
+    def count(future: Future[Any]) -> None:
+        with completions_lock:
+            completions[id(future)] += 1
+
+    def sender(index: int) -> None:
+        rng = random.Random(seed * 100 + index)
+        mine = parts[index]
+        outstanding: list[tuple[int, Future[Any]]] = []
+        try:
+            barrier.wait()
+            for seq in range(PER_THREAD):
+                op_id = index * PER_THREAD + seq
+                time.sleep(rng.uniform(*SEND_PAUSE))  # spread the run over a few seconds
+                if rng.random() < 0.6:
+                    future = workload.submit(api, op_id)
+                    future.add_done_callback(count)
+                    mine.asks.append((op_id, future))
+                    outstanding.append((op_id, future))
+                    if len(outstanding) > WINDOW:  # pace: the run must last while chaos goes on
+                        oldest, first = outstanding.pop(0)
+                        if outcome(first, deadline - time.monotonic())[0] == "hung":
+                            hung.append(oldest)
+                            return
+                else:
+                    api.ref.tell(workload.execute(op_id))
+                    mine.tells.append(op_id)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [
+        threading.Thread(target=sender, args=(i,), name=f"pipeline-chaos-sender-{i}")
+        for i in range(THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not [t.name for t in threads if t.is_alive()], "a sender hung"
+    assert not errors, errors
+    sent = Sent()
+    for part in parts:
+        sent.asks.extend(part.asks)
+        sent.tells.extend(part.tells)
+    return sent, completions, hung
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def quiet_logs() -> Iterator[list[dict[str, Any]]]:
+    """Capture garrison's events instead of rendering hundreds of crash tracebacks."""
+    with structlog.testing.capture_logs() as events:
+        yield events
+
+
+def settle_threads(baseline: set[threading.Thread], timeout: float) -> list[threading.Thread]:
+    """Join (bounded) the threads started since ``baseline``; return those still alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        extra = [t for t in threading.enumerate() if t not in baseline and t.is_alive()]
+        remaining = deadline - time.monotonic()
+        if not extra or remaining <= 0:
+            return extra
+        extra[0].join(min(remaining, 0.05))
+
+
+def stage_states(rt: Runtime, pipeline: str) -> dict[str, str]:
+    """``{stage: state}`` of the pipeline's stages, from the runtime's supervision tree."""
+    tree = rt.tree()
+    (entry,) = [c for c in tree["children"] if c["name"] == f"pipeline:{pipeline}"]
+    assert entry["state"] == "running", entry
+    return {child["name"]: child["state"] for child in entry.get("children", [])}
+
+
+def wait_until_whole(
+    rt: Runtime, pipeline: str, stages: set[str], timeout: float = WAIT
+) -> dict[str, str]:
+    """Poll (bounded) until every stage is running again; return the last states seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = stage_states(rt, pipeline)
+        if set(states) == stages and all(s == "running" for s in states.values()):
+            return states
+        if time.monotonic() > deadline:
+            return states
+        time.sleep(0.01)
+
+
+def call_when_admitted(api: Pipeline, fn: Callable[[], Any]) -> Any:
+    """``api.call(fn)``, tried again (bounded) while the rate limiter rejects it."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            return api.options(name="after").call(fn)
+        except RateLimited as limited:  # told operations may still be retrying
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(limited.retry_after)
+
+
+def check_error(error: BaseException, op_id: int, fired: set[str], with_fallback: bool) -> None:
+    """``error`` is an outcome the pipeline may give operation ``op_id``."""
+    if isinstance(error, Chaos):
+        where = str(error).removeprefix("chaos in ").split(".")[0]
+        assert str(error) in fired, error
+        if with_fallback:  # any other stage's crash is replaced by the fallback value
+            assert where == "fallback", error
+        return
+    assert not with_fallback, f"op {op_id}: the fallback let {error!r} through"
+    if isinstance(error, RetriesExhausted):
+        assert 1 < error.attempts <= MAX_ATTEMPTS, error
+        last = error.last_error
+        assert last is not None
+        assert not isinstance(last, RetriesExhausted | Chaos), error  # neither is retried
+        check_error(last, op_id, fired, with_fallback)
+        return
+    if isinstance(error, OpError):
+        assert str(error).startswith(f"op {op_id} failed"), (op_id, error)
+        return
+    assert isinstance(error, GARRISON_OUTCOMES), (op_id, error)
+
+
+def build(rt: Runtime, name: str, with_fallback: bool) -> Pipeline:
+    """A pipeline with every stage; limits generous enough that rejections are rare."""
+    return rt.pipeline(
+        name,
+        rate_limit=RateLimitConfig(limits={"100ms": 60}, on_limit="reject"),
+        circuit_breaker=CircuitBreakerConfig(
+            failure_threshold=10,
+            error_rate_threshold=0.7,
+            min_calls=20,
+            window_size=50,
+            recovery_timeout=0.05,
+        ),
+        retry=RetryConfig(max_attempts=MAX_ATTEMPTS, base_delay=0.001, max_delay=0.01),
+        timeout=TimeoutConfig(base_timeout=1.0, adaptive=False),
+        bulkhead=BulkheadConfig(max_workers=8, max_queue=500, max_wait=2.0),
+        fallback=FALLBACK if with_fallback else None,
+        # Restart crashed stages however often they crash (the default gives up after 10
+        # in 10 s; see test_a_pipeline_supervisor_that_gave_up_is_rebuilt_with_its_stages).
+        max_restarts=1_000_000,
+        within_seconds=1.0,
+    )
+
+
+def check_pipeline_chaos(with_fallback: bool) -> None:
+    baseline = set(threading.enumerate())
+    seed = SEED + int(with_fallback)
+    workload = Workload(THREADS * PER_THREAD, seed)
+    dead_letters = DeadLetters(keep=100_000)
+    crasher = Crasher()
+    chaos_errors: list[BaseException] = []
+    with quiet_logs() as events:
+        rt = Runtime(name="chaos", dead_letters=dead_letters).start()
+        try:
+            api = build(rt, "p", with_fallback)
+            stages = set(api.stages)
+            stop = threading.Event()
+            chaos = threading.Thread(
+                target=chaos_loop,
+                args=(api, crasher, stop, seed, chaos_errors),
+                name="pipeline-chaos-crasher",
+            )
+            chaos.start()
+            try:
+                sent, completions, hung = run_senders(api, workload, seed)
+                # Every ask resolves: one bounded wait for the lot.
+                deadline = time.monotonic() + WAIT
+                outcomes = [outcome(f, deadline - time.monotonic()) for _, f in sent.asks]
+            finally:
+                stop.set()
+                chaos.join(WAIT)
+                crasher.disarm_all()
+            assert not chaos.is_alive()
+            assert not chaos_errors, chaos_errors
+            hung += [
+                op for (op, _), (kind, _) in zip(sent.asks, outcomes, strict=True) if kind == "hung"
+            ]
+            assert not hung, f"{len(hung)} asks never resolved, e.g. ops {hung[:10]}"
+
+            states = wait_until_whole(rt, "p", stages)
+            assert states == dict.fromkeys(stages, "running"), states
+            # The pipeline still works end to end after all that (the chaos may have left
+            # the breaker open: close it first).
+            breaker = rt.breakers.get("p")
+            assert breaker is not None
+            breaker.reset()
+            for op_id in (0, 1, 2):
+                assert call_when_admitted(api, lambda i=op_id: ("after", i)) == ("after", op_id)
+        finally:
+            rt.stop()
+        leftover = settle_threads(baseline, WAIT)
+    assert leftover == [], [t.name for t in leftover]
+
+    fired = crasher.fired
+    assert sum(fired.values()) >= 50, f"too few crashes to prove anything: {fired}"
+    crashed_stages = {stage for stage, _ in fired}
+    assert crashed_stages == set(HOOKS) - ({"fallback"} - stages), fired
+    fired_texts = {f"chaos in {stage}.{hook}" for stage, hook in fired}
+
+    # Exactly one outcome per ask, and one the pipeline can produce.
+    assert all(completions[id(future)] == 1 for _, future in sent.asks)
+    kinds: Counter[str] = Counter()
+    for (op_id, _), (kind, result) in zip(sent.asks, outcomes, strict=True):
+        runs = workload.runs[op_id]
+        plan = workload.plans[op_id]
+        assert runs <= MAX_ATTEMPTS, (op_id, plan, runs)
+        if kind == "value":
+            if result == FALLBACK and with_fallback:
+                kinds["fallback"] += 1
+                continue
+            assert result == ("ok", op_id), (op_id, result)
+            assert plan != "fail", (op_id, result)
+            assert runs >= (2 if plan == "flaky" else 1), (op_id, plan, runs)
+            kinds["value"] += 1
+            continue
+        check_error(result, op_id, fired_texts, with_fallback)
+        if isinstance(result, RetriesExhausted):
+            assert runs <= result.attempts, (op_id, runs, result)
+        kinds[type(result).__name__] += 1
+    # No operation ran more often than the retry stage sent it on: once, plus once per retry
+    # it scheduled (logged as garrison.retry.attempt_failed, whichever incarnation did it).
+    retries = Counter(
+        event["operation"] for event in events if event["event"] == "garrison.retry.attempt_failed"
+    )
+    for op_id in [op_id for op_id, _ in sent.asks] + sent.tells:
+        runs = workload.runs[op_id]
+        assert runs <= min(MAX_ATTEMPTS, 1 + retries[f"op-{op_id}"]), (op_id, runs, retries)
+
+    # A told operation leaves at most one dead letter (its failure, if it failed); an asked
+    # one leaves none (its asker got the outcome).
+    letters: Counter[int] = Counter(
+        int(letter.message.name.removeprefix("op-"))
+        for letter in dead_letters.recent()
+        if isinstance(letter.message, Execute) and letter.message.name.startswith("op-")
+    )
+    asked = {op_id for op_id, _ in sent.asks}
+    assert not [op for op in letters if op in asked], letters
+    assert all(n == 1 for n in letters.values()), letters
+
+    # The mix is what the test is meant to exercise.
+    assert kinds["value"] > len(sent.asks) // 3, kinds
+    if with_fallback:
+        assert kinds["fallback"] > 0, kinds
+    else:
+        assert kinds["RetriesExhausted"] > 0, kinds
+        assert kinds["Chaos"] > 0, kinds
+
+
+# -- chaos --------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("with_fallback", [False, True], ids=["no_fallback", "with_fallback"])
+def test_random_stage_crashes_leave_every_operation_one_outcome(with_fallback: bool) -> None:
+    check_pipeline_chaos(with_fallback)
+
+
+# -- known bugs ---------------------------------------------------------------------------------
+
+
+def arm_once(ref: Ref, hook: str) -> Callable[[], int]:
+    """Crash the actor behind ``ref`` the next time it calls ``hook``; return a fired count.
+
+    Waits (bounded) for the actor to be running, should it be restarting.
+    """
+    crasher = Crasher()
+    deadline = time.monotonic() + WAIT
+    while not crasher.arm("stage", ref, hook):
+        assert time.monotonic() < deadline, f"{ref.name} never came back"
+        time.sleep(0.005)
+    return lambda: sum(crasher.fired.values())
+
+
+@pytest.mark.timeout(60)
+def test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome() -> None:
+    with quiet_logs(), Runtime(name="bug") as rt:
+        api = rt.pipeline("p", bulkhead=BulkheadConfig(max_workers=1))
+        fired = arm_once(api.stages["bulkhead"], "handle_other")  # the next _Done crashes it
+        future = api.submit(lambda: "done")
+        kind, _ = outcome(future, 2.0)
+        assert fired() == 1
+        assert kind != "hung", "the operation ran, but its caller never got an outcome"
+
+
+@pytest.mark.timeout(60)
+def test_a_pipeline_supervisor_that_gave_up_is_rebuilt_with_its_stages() -> None:
+    with quiet_logs(), Runtime(name="bug") as rt:
+        api = rt.pipeline("p", bulkhead=BulkheadConfig(max_workers=1))
+        for _ in range(11):  # one more than the pipeline supervisor's 10 restarts in 10 s
+            arm_once(api.stages["bulkhead"], "handle_execute")
+            kind, result = outcome(api.submit(lambda: "x"), WAIT)
+            assert (kind, type(result)) == ("error", Chaos), (kind, result)
+        states = wait_until_whole(rt, "p", {"bulkhead"}, timeout=2.0)
+        assert states == {"bulkhead": "running"}, states
+        assert api.submit(lambda: "back").get(WAIT) == "back"
+
+
+@pytest.mark.timeout(60)
+def test_an_operation_keeps_its_timeout_when_the_timeout_stage_restarts() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def hang() -> bool:
+        started.set()
+        return release.wait(WAIT)
+
+    with quiet_logs(), Runtime(name="bug") as rt:
+        api = rt.pipeline(
+            "p",
+            timeout=TimeoutConfig(base_timeout=0.2, adaptive=False),
+            bulkhead=BulkheadConfig(max_workers=2),
+        )
+        try:
+            stuck = api.submit(hang)  # hangs until released
+            assert started.wait(WAIT)
+            arm_once(api.stages["timeout"], "handle_execute")
+            crashed = api.submit(lambda: "never runs")
+            kind, result = outcome(crashed, WAIT)
+            assert (kind, type(result)) == ("error", Chaos), (kind, result)
+            kind, result = outcome(stuck, 1.0)
+            assert (kind, type(result)) == ("error", OperationTimeout), (kind, result)
+        finally:
+            release.set()
