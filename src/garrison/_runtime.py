@@ -71,6 +71,7 @@ class Runtime:
         self.failure: BaseException | None = None
         self._breakers: CircuitBreakerManager | None = None
         self._pipelines: dict[str, Pipeline] = {}
+        self._building = threading.Lock()  # one pipeline build at a time
         self.config: ReliabilityConfig | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -249,6 +250,17 @@ class Runtime:
             )
             if value is not None
         }
+        with self._building:
+            return self._pipeline(name, stages, fallback, max_restarts, within_seconds)
+
+    def _pipeline(
+        self,
+        name: str,
+        stages: dict[str, Any],
+        fallback: object,
+        max_restarts: int,
+        within_seconds: float,
+    ) -> Pipeline:
         with self._lock:
             existing = self._pipelines.get(name)
         if existing is not None:

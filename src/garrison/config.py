@@ -61,6 +61,15 @@ _SECTIONS: Mapping[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
     "bulkhead": ("bulkhead", BulkheadConfig.from_dict),
 }
 _RUNTIME_KEYS = ("name", "max_restarts", "within_seconds")
+_KEY_ALIASES: Mapping[str, Mapping[str, str]] = {
+    # the seed's names, mapped to garrison's before defaults and overrides are merged
+    "rate_limit": {
+        "strategy": "throttle_strategy",
+        "rate_limit_per_second": "per_second",
+        "rate_limit_per_minute": "per_minute",
+        "rate_limit_per_hour": "per_hour",
+    },
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +203,34 @@ def _section(path: str, value: object) -> Mapping[str, Any]:
 
 def _runtime(path: str, value: object) -> dict[str, Any]:
     section = _section(path, value)
-    for key in section:
+    for key, setting in section.items():
+        where = f"{path}.{key}"
         if key not in _RUNTIME_KEYS:
-            raise ConfigError(
-                f"{path}.{key}", f"unknown setting; known: {', '.join(_RUNTIME_KEYS)}"
-            )
+            raise ConfigError(where, f"unknown setting; known: {', '.join(_RUNTIME_KEYS)}")
+        if key == "name" and (not isinstance(setting, str) or not setting or "/" in setting):
+            raise ConfigError(where, f"must be a non-empty string without '/', got {setting!r}")
+        if key == "max_restarts" and (
+            isinstance(setting, bool) or not isinstance(setting, int) or setting < 0
+        ):
+            raise ConfigError(where, f"must be an integer >= 0, got {setting!r}")
+        if key == "within_seconds" and (
+            isinstance(setting, bool) or not isinstance(setting, int | float) or not setting > 0
+        ):
+            raise ConfigError(where, f"must be a number > 0, got {setting!r}")
     return dict(section)
+
+
+def _canonical(stage: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    aliases = _KEY_ALIASES.get(stage, {})
+    canonical: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    for key, value in section.items():
+        name = aliases.get(key, key)
+        if name in canonical:
+            raise ConfigError(key, f"{name!r} given twice (also as {given_as[name]!r})")
+        canonical[name] = value
+        given_as[name] = key
+    return canonical
 
 
 def _service(
@@ -213,9 +244,12 @@ def _service(
         by_stage[_SECTIONS[section][0]] = section
     for stage, section in by_stage.items():
         build = _SECTIONS[section][1]
-        merged = {**_same_stage(defaults, stage), **_same_stage(overrides, stage)}
         where = f"{path}.{section}" if path else section
         try:
+            merged = {
+                **_canonical(stage, _same_stage(defaults, stage)),
+                **_canonical(stage, _same_stage(overrides, stage)),
+            }
             stages[stage] = build(merged)
         except ConfigError as error:
             raise error.under(where) from None

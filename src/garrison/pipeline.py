@@ -30,9 +30,13 @@ from collections.abc import Callable, Coroutine, Hashable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
+from garrison._clock import Clock
+from garrison._dead_letters import DeadLetters
 from garrison._future import Future
+from garrison._loop import EventLoopThread
 from garrison._messages import Execute, GetStatus, Priority
 from garrison._ref import Ref
+from garrison._scheduler import Scheduler
 from garrison.actors.breaker import CircuitBreakerActor
 from garrison.actors.bulkhead import BulkheadActor, BulkheadConfig
 from garrison.actors.fallback import NO_VALUE, FallbackActor
@@ -78,6 +82,25 @@ class FallbackConfig:
     fallback: Callable[[BaseException, Execute], Any] | None = None
     cache_last_success: bool = False
     cache_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.fallback is not None and not callable(self.fallback):
+            raise ConfigError(
+                "fallback", f"must be a callable (error, message), got {self.fallback!r}"
+            )
+        if self.value is not NO_VALUE and self.fallback is not None:
+            raise ConfigError("fallback", "give a value or a fallback callable, not both")
+        if not isinstance(self.cache_last_success, bool):
+            raise ConfigError(
+                "cache_last_success", f"must be true or false, got {self.cache_last_success!r}"
+            )
+        size = self.cache_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ConfigError("cache_size", f"must be an integer >= 1, got {size!r}")
+        if self.value is NO_VALUE and self.fallback is None and not self.cache_last_success:
+            raise ConfigError(
+                "fallback", "needs a value, a fallback callable or cache_last_success=True"
+            )
 
     @classmethod
     def of(cls, spec: object) -> FallbackConfig:
@@ -264,10 +287,22 @@ class PipelineSupervisor(Supervisor):
     Refs as before.
     """
 
-    def __init__(self, name: str, *, stages: PipelineStages, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        stages: PipelineStages,
+        clock: Clock | None = None,
+        scheduler: Scheduler | None = None,
+        loop: EventLoopThread | None = None,
+        dead_letters: DeadLetters | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(stages, PipelineStages):
             raise TypeError(f"stages must be PipelineStages, got {stages!r}")
-        super().__init__(name, **kwargs)
+        super().__init__(
+            name, clock=clock, scheduler=scheduler, loop=loop, dead_letters=dead_letters, **kwargs
+        )
         self.stages = stages
 
     def child_specs(self) -> Iterator[ChildSpec]:

@@ -430,8 +430,8 @@ class Supervisor(Actor):
     def _services(self) -> dict[str, Any]:
         return {"clock": self.clock, "scheduler": self.scheduler, "loop": self.loop}
 
-    def _start_child(self, child: _Child) -> None:
-        spec = child.spec
+    def _construct(self, spec: ChildSpec) -> SafeLoop:
+        """A new incarnation of ``spec``'s actor, with the services it takes."""
         actor_class = safe_class(spec.actor_class)
         kwargs = inject_services(actor_class, spec.kwargs, self._services())
         args = spec.args
@@ -443,6 +443,13 @@ class Supervisor(Actor):
                 args = (spec.name,)
         actor = actor_class(*args, **kwargs)
         assert isinstance(actor, SafeLoop)
+        return actor
+
+    def _start_child(self, child: _Child) -> None:
+        spec = child.spec
+        actor = self._construct(spec)
+        actor_class = type(actor)
+        first_start = child.incarnation == 0
         child.incarnation += 1
         path = f"{self.path}/{spec.name}"
         if child.mailbox is None:
@@ -474,6 +481,15 @@ class Supervisor(Actor):
         child.mailbox.adopt(actor)
         pykka.ActorRegistry.register(actor.actor_ref)
         actor._start_actor_loop()
+        if first_start and isinstance(actor, Supervisor):
+            # A nested supervisor starts its own children: like OTP's start_link, its first
+            # start is synchronous, so a subtree that cannot be built fails this start
+            # (and reaches whoever asked for it) instead of crash-looping.
+            actor._started.wait()
+            if actor.start_error is not None:
+                child.mode = "terminate"
+                child.state = "stopped"
+                raise actor.start_error
         emit(
             "garrison.supervisor.child_started",
             level="debug",
