@@ -233,7 +233,8 @@ class Runtime:
         """The pipeline ``name``: built with these stages, or from the configuration.
 
         With no stage arguments, an existing pipeline of that name is returned, or one is
-        built from ``services.<name>`` (or the defaults) of the runtime's configuration.
+        built from ``services.<name>`` (or the defaults) of the runtime's configuration;
+        stage arguments replace the configured stage of the same kind and keep the others.
         Stages run in the fixed order fallback, retry, circuit breaker, rate limiter,
         timeout, bulkhead (see :mod:`garrison.pipeline`). ``max_restarts`` within
         ``within_seconds`` is the restart intensity of the pipeline's supervisor (past it,
@@ -267,8 +268,8 @@ class Runtime:
             if stages or fallback is not None:
                 raise ValueError(f"pipeline {name!r} already exists")
             return existing
-        if not stages and self.config is not None:
-            stages = self.config.service(name).stages()
+        if self.config is not None:
+            stages = {**self.config.service(name).stages(), **stages}
         built = build_pipeline(
             self,
             name,

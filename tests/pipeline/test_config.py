@@ -570,3 +570,15 @@ def test_a_file_that_is_not_a_mapping_of_sections(tmp_path):
         Runtime.from_config(write(tmp_path, "list.yaml", "- rate_limiting\n- retry\n"))
     assert info.value.key == "config"
     assert "must be a mapping of sections" in str(info.value)
+
+
+def test_stage_arguments_replace_only_their_configured_stage():
+    config = {
+        "circuit_breaker": {"failure_threshold": 7},
+        "retry": {"max_attempts": 2},
+    }
+    with Runtime.from_config(config) as rt:
+        api = rt.pipeline("api", retry=RetryConfig(max_attempts=5))
+        status = api.status()
+    assert set(status) == {"retry", "circuit_breaker", "bulkhead"}
+    assert status["retry"]["config"]["max_attempts"] == 5
