@@ -34,20 +34,32 @@ _SUSPENDED = 1
 _CLOSED = 2
 
 
+class _Wake:
+    """A sentinel that wakes a taker blocked on the queue; never handed to an actor."""
+
+    __slots__ = ()
+
+
+_WAKE: Any = _Wake()
+
+
 class Mailbox:
-    """A FIFO inbox implementing pykka's inbox protocol (``put``, ``get``, ``empty``)."""
+    """A FIFO inbox implementing pykka's inbox protocol (``put``, ``get``, ``empty``).
+
+    Messages travel through a C-level :class:`queue.SimpleQueue` (the fast path); a small
+    deque in front of it holds urgent messages and messages a retired reader took back. One
+    lock guards the state (open, suspended, closed) and the owner, never the wait.
+    """
 
     __slots__ = (
         "_buffered",
-        "_cond",
+        "_front",
         "_limit",
         "_lock",
         "_owner",
         "_queue",
         "_reason",
         "_state",
-        "_urgent",
-        "_waiting",
         "dead_letters",
         "name",
     )
@@ -55,11 +67,9 @@ class Mailbox:
     def __init__(self, name: str = "actor", dead_letters: DeadLetters | None = None) -> None:
         self.name = name
         self.dead_letters: Any = dead_letters if dead_letters is not None else default_dead_letters
-        self._queue: deque[Envelope[Any]] = deque()
-        self._urgent: deque[Envelope[Any]] = deque()
+        self._queue: queue.SimpleQueue[Envelope[Any]] = queue.SimpleQueue()
+        self._front: deque[Envelope[Any]] = deque()
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._waiting = 0
         self._state = _OPEN
         self._reason = ""
         self._buffered = 0
@@ -100,9 +110,11 @@ class Mailbox:
             elif state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
                 if state == _SUSPENDED:
                     self._buffered += 1
-                (self._urgent if urgent else self._queue).append(envelope)
-                if self._waiting:
-                    self._cond.notify()
+                if urgent:
+                    self._front.append(envelope)
+                    self._queue.put(_WAKE)
+                else:
+                    self._queue.put(envelope)
                 return True
             else:
                 settled = False
@@ -121,9 +133,7 @@ class Mailbox:
             if state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
                 if state == _SUSPENDED:
                     self._buffered += 1
-                self._queue.append(envelope)
-                if self._waiting:
-                    self._cond.notify()
+                self._queue.put(envelope)
                 return True
             return False
 
@@ -131,51 +141,55 @@ class Mailbox:
 
     def take(self, owner: object) -> Envelope[Any] | None:
         """The next envelope for ``owner``, waiting for one; None once ``owner`` is retired."""
-        with self._lock:
-            while True:
-                if self._owner is not owner:
-                    return None
-                if self._urgent:
-                    return self._urgent.popleft()
-                if self._queue:
-                    return self._queue.popleft()
-                self._waiting += 1
-                try:
-                    self._cond.wait()
-                finally:
-                    self._waiting -= 1
+        while True:
+            if self._owner is not owner:
+                return None
+            if self._front:
+                with self._lock:
+                    if self._front and self._owner is owner:
+                        return self._front.popleft()
+                continue
+            envelope = self._queue.get()
+            if envelope is _WAKE:
+                continue
+            if self._owner is not owner:
+                # Retired while waiting: the message belongs to the next reader, first.
+                with self._lock:
+                    self._front.appendleft(envelope)
+                    self._queue.put(_WAKE)
+                return None
+            return envelope
 
     def get(self) -> Envelope[Any]:
         """Take the next envelope, waiting for one (pykka's protocol; ignores ownership)."""
-        with self._lock:
-            while not (self._urgent or self._queue):
-                self._waiting += 1
-                try:
-                    self._cond.wait()
-                finally:
-                    self._waiting -= 1
-            return self._urgent.popleft() if self._urgent else self._queue.popleft()
+        while True:
+            if self._front:
+                with self._lock:
+                    if self._front:
+                        return self._front.popleft()
+                continue
+            envelope = self._queue.get()
+            if envelope is not _WAKE:
+                return envelope
 
     def empty(self) -> bool:
         """True when nothing is queued."""
-        return not (self._queue or self._urgent)
+        return not self._front and self._queue.empty()
 
     def qsize(self) -> int:
-        """How many envelopes are queued."""
-        return len(self._queue) + len(self._urgent)
+        """How many envelopes are queued (wake-up sentinels may be counted)."""
+        return len(self._front) + self._queue.qsize()
 
     # -- ownership and lifecycle ------------------------------------------------------------
 
     def withdraw(self, envelope: Envelope[Any]) -> bool:
-        """Take back a queued ``envelope`` that nobody read yet; True if it was still there."""
+        """Take back a queued urgent ``envelope`` nobody read yet; True if it was still there."""
         with self._lock:
-            for queue_ in (self._urgent, self._queue):
-                try:
-                    queue_.remove(envelope)
-                except ValueError:
-                    continue
-                return True
-            return False
+            try:
+                self._front.remove(envelope)
+            except ValueError:
+                return False
+            return True
 
     def adopt(self, owner: object) -> None:
         """Make ``owner`` the incarnation that reads this mailbox, and accept messages again.
@@ -183,17 +197,19 @@ class Mailbox:
         A previous owner still waiting in :meth:`take` wakes up and gets None.
         """
         with self._lock:
+            previous = self._owner
             self._owner = owner
             if self._state == _SUSPENDED:
                 self._state = _OPEN
-            self._cond.notify_all()
+            if previous is not None and previous is not owner:
+                self._queue.put(_WAKE)
 
     def retire(self, owner: object) -> None:
         """Take the mailbox away from ``owner`` (if it has it); its :meth:`take` returns None."""
         with self._lock:
             if self._owner is owner:
                 self._owner = None
-                self._cond.notify_all()
+                self._queue.put(_WAKE)
 
     def suspend(self, limit: int) -> None:
         """Keep the queue for a coming incarnation; accept at most ``limit`` more messages."""
@@ -216,9 +232,9 @@ class Mailbox:
             if self._state == _SUSPENDED:
                 # Stop requests that arrived after the owner's last read are answered now:
                 # the owner has stopped, and they must not stop the next incarnation.
-                stops = [e for e in self._urgent if _is_stop(e)]
+                stops = [e for e in self._front if _is_stop(e)]
                 for envelope in stops:
-                    self._urgent.remove(envelope)
+                    self._front.remove(envelope)
             else:
                 stops = None
         if stops is None:
@@ -238,10 +254,16 @@ class Mailbox:
                 self._state = _CLOSED
                 self._reason = reason
             reason = self._reason
-            leftovers = list(self._urgent) + list(self._queue)
-            self._urgent.clear()
-            self._queue.clear()
-            self._cond.notify_all()
+            leftovers = list(self._front)
+            self._front.clear()
+            while True:
+                try:
+                    envelope = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if envelope is not _WAKE:
+                    leftovers.append(envelope)
+            self._queue.put(_WAKE)  # a reader blocked on the queue, if any, looks again
         for envelope in leftovers:
             self.refuse(envelope, reason)
         return len(leftovers)
