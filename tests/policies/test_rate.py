@@ -525,6 +525,177 @@ def test_snapshot_restore_keeps_decisions(algorithm: str, windows: Windows) -> N
         make_policy(algorithm, [(2.0, 3)]).restore(policy.snapshot())
 
 
+# --------------------------------------------------------------------------- memoised rejections
+# Policies with several windows remember a key's next admitting time T after a rejection and
+# answer repeated rejections from it. The twin below clears that memo before every call, so
+# it always runs the full computation: every Decision must be the same, bit for bit.
+
+GAPS = [0.0, 0.0, 0.0, 1e-7, 0.01, 0.1, 0.25, 0.3, 1.0, 2.5, 61.0]
+
+Op = tuple[Any, ...]
+
+
+@st.composite
+def memo_scenarios(draw: st.DrawFn) -> tuple[Windows, float, list[Op]]:
+    count = draw(st.integers(1, 3))
+    seconds = draw(
+        st.lists(st.sampled_from([*ANY_SECONDS, 60.0]), min_size=count, max_size=count, unique=True)
+    )
+    windows = [(s, draw(st.integers(1, 12))) for s in seconds]
+    max_cost = min(n for _, n in windows)
+    cost = st.integers(1, max_cost) if max_cost > 1 else st.just(1)
+    key = st.sampled_from(["a", "a", "b"])
+    request = st.tuples(st.sampled_from(["acquire", "peek"]), st.sampled_from(GAPS), key, cost)
+    # a burst of the same request: the first rejection fills the memo, the next ones hit it
+    burst = st.builds(
+        lambda gap, k, c, n: ("burst", gap, k, c, n),
+        st.sampled_from(GAPS),
+        key,
+        cost,
+        st.integers(2, 6),
+    )
+    other = st.one_of(
+        st.tuples(st.just("factor"), st.sampled_from([1.0, 0.5, 0.3, 0.1])),
+        st.tuples(st.just("reset"), key),
+        st.just(("reset_all",)),
+        st.just(("restore",)),
+        st.tuples(st.just("expire"), st.sampled_from(GAPS)),
+    )
+    ops = draw(st.lists(st.one_of(request, request, burst, burst, other), min_size=1, max_size=60))
+    start = draw(st.sampled_from([0.0, 0.3, 10_000.0, 1e6 + 0.1]))
+    return windows, start, ops
+
+
+def check_memoised_rejection(
+    policy: RateLimitPolicy, twin: RateLimitPolicy, key: str, now: float, cost: int
+) -> None:
+    """After a rejection by several windows: the memo holds the least admitting time T.
+
+    ``twin`` has the same state and no memo: its peeks are the decision itself.
+    """
+    denied = policy.peek(key, now, cost)
+    memo = policy._memo.get(key)
+    assert memo is not None
+    assert memo[0] == cost
+    at = memo[1]
+    assert at > now
+    twin._memo.clear()
+    assert twin.peek(key, at, cost).allowed
+    assert not twin.peek(key, math.nextafter(at, -math.inf), cost).allowed
+    # now + retry_after is T (or, when T - now rounds, the float just after it)
+    assert at <= now + denied.retry_after <= math.nextafter(at, math.inf)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@given(scenario=memo_scenarios())
+def test_memoised_rejections_match_the_full_computation(
+    algorithm: str, scenario: tuple[Windows, float, list[Op]]
+) -> None:
+    windows, now, ops = scenario
+    cached = make_policy(algorithm, windows)
+    uncached = make_policy(algorithm, windows)
+    memo = cached._memo
+    several = len(windows) > 1
+    for op in ops:
+        kind = op[0]
+        if kind in ("acquire", "peek", "burst"):
+            _, gap, key, cost, *rest = op
+            now += gap
+            for _ in range(rest[0] if rest else 1):
+                uncached._memo.clear()
+                if kind == "peek":
+                    decision = cached.peek(key, now, cost)
+                    assert decision == uncached.peek(key, now, cost), (op, now)
+                    continue
+                decision = cached.acquire(key, now, cost)
+                assert decision == uncached.acquire(key, now, cost), (op, now)
+                if several:  # admissions drop the memo, rejections leave one
+                    assert decision.allowed == (key not in memo)
+                    if not decision:
+                        check_memoised_rejection(cached, uncached, key, now, cost)
+                now += 1e-7 if gap == 1e-7 else 0.0  # (other bursts stay at one instant)
+        elif kind == "factor":
+            assert cached.set_rate_factor(op[1]) == uncached.set_rate_factor(op[1])
+            assert not memo
+        elif kind == "reset":
+            cached.reset(op[1])
+            uncached.reset(op[1])
+            assert op[1] not in memo
+        elif kind == "reset_all":
+            cached.reset(all_keys=True)
+            uncached.reset(all_keys=True)
+            assert not memo
+        elif kind == "restore":
+            cached.restore(pickle.loads(pickle.dumps(cached.snapshot())))
+            uncached.restore(pickle.loads(pickle.dumps(uncached.snapshot())))
+            assert not memo
+        else:
+            now += op[1]
+            assert cached.expire(now) == uncached.expire(now)
+        # only keys with state can have a memo (dropped with it on expiry)
+        assert set(memo) <= set(cached._states)
+        assert uncached.key_count() == cached.key_count()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_repeated_rejections_are_answered_from_the_memo(algorithm: str) -> None:
+    policy = make_policy(algorithm, [(1.0, 10), (60.0, 100), (3600.0, 1000)])
+    memo = policy._memo
+    now = 10_000.0
+    assert policy.acquire("k", now, 10)
+    first = policy.acquire("k", now)
+    assert not first
+    assert first.limit_label == "1s"
+    at = memo["k"][1]
+    assert now + first.retry_after == at
+    for i in range(1, 100):  # the same T, counted down
+        t = now + i * 1e-4
+        denied = policy.acquire("k", t)
+        assert denied == Decision(False, at - t, "1s")
+        assert t + denied.retry_after == at
+    assert memo["k"][1] == at
+    assert not policy.acquire("k", now, 2)  # another cost: its own memo
+    assert memo["k"][0] == 2
+    assert policy.acquire("k", at)  # admitted at T exactly: the memo goes
+    assert "k" not in memo
+    assert not policy.acquire("k", at, 10)
+    assert memo["k"][0] == 10
+    policy.set_rate_factor(0.5)  # other limits: every memo goes
+    assert not memo
+    assert not policy.acquire("k", at, 10)
+    assert "k" in memo
+    policy.reset("k")
+    assert not memo
+    assert policy.acquire("k", at, 5)
+    assert not policy.acquire("k", at)
+    assert "k" in memo
+    policy.restore(policy.snapshot())
+    assert not memo
+    assert not policy.acquire("k", at)
+    assert "k" in memo
+    policy.expire(at + 10_000.0)
+    assert not memo
+    assert policy.key_count() == 0
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_memo_is_kept_only_for_rejected_keys(algorithm: str) -> None:
+    policy = make_policy(algorithm, [(1.0, 2), (60.0, 100)])
+    memo = policy._memo
+    keys = [f"client-{i}" for i in range(1000)]
+    for key in keys:
+        assert policy.acquire(key, 0.0, 2)
+        assert not policy.acquire(key, 0.25)
+    assert len(memo) == len(keys)
+    for key in keys:
+        assert policy.acquire(key, 2.0)
+    assert not memo
+    fresh = make_policy(algorithm, [(1.0, 1), (60.0, 100)])
+    assert fresh.acquire("k", -5.0)
+    assert not fresh.acquire("k", -4.5)  # before time 0: answered, never memoised
+    assert not fresh._memo
+
+
 def test_decision_is_truthy_only_when_allowed_and_converts_to_an_error() -> None:
     policy = make_policy("sliding_log", [(1.0, 1)])
     assert policy.acquire("k", 0.0)

@@ -47,6 +47,10 @@ improves with time, so that is the latest of the per-window times). It is exact 
 decision uses falls far enough. In every case it is checked against the decision itself, so
 the request is admitted at ``now + retry_after`` (never "retry" into another rejection), and
 it is minimal up to float rounding (GCRA compares with a relative tolerance of ``2**-50``).
+With several windows it is exactly minimal: ``now + retry_after`` is the least float time
+``T`` at which the decision admits (or the float after it, where ``T - now`` rounds), and
+while a key's state does not change, its repeated rejections are answered from a memo of
+``T`` in O(1), with the same answer as the full computation (see ``_Memo``).
 
 Adaptive throttling scales every window down with :meth:`RateLimitPolicy.set_rate_factor`
 (effective limit ``max(1, floor(N * f))``, never above ``N``). A request whose cost exceeds
@@ -106,7 +110,6 @@ _COMPACT_MIN: Final = 8
 _REL: Final = 1.0 + 2.0**-50
 """GCRA rounding tolerance relative to ``now`` in emission intervals (a few ulps: far below
 one interval, so it never admits an extra unit)."""
-_TINY: Final = 5e-324
 _IDX_BITS: Final = 64
 _IDX_BIAS: Final = 1 << 63
 _IDX_MASK: Final = (1 << _IDX_BITS) - 1
@@ -372,9 +375,41 @@ class Decision(NamedTuple):
 _ALLOWED: Final = Decision(True, 0.0, "")
 
 
-def _decision(fields: tuple[bool, float, str]) -> Decision:
-    """Build a Decision without the NamedTuple constructor's overhead (hot path)."""
-    return tuple.__new__(Decision, fields)
+_new_tuple: Final = tuple.__new__
+"""``_new_tuple(Decision, (allowed, retry_after, label))`` builds a Decision without the
+NamedTuple constructor's overhead nor a Python call (hot path)."""
+
+
+def _rejection(now: float, at: float, label: str) -> Decision:
+    """The rejection at ``now`` of a request first admitted at ``at`` (> ``now``).
+
+    ``retry_after`` is ``at - now``, rounded up if need be so that ``now + retry_after``
+    is not before ``at``.
+    """
+    retry_after = at - now
+    while now + retry_after < at:
+        retry_after = math.nextafter(retry_after, math.inf)
+    return _new_tuple(Decision, (False, retry_after, label))
+
+
+_Memo = tuple[int, float, str]
+"""A memoised rejection of one key: ``(cost, T, label)``.
+
+``T`` is the least time at which the key's current state admits a request of ``cost``:
+every window's verdict is a monotone function of ``now`` (float rounding included, for
+``now >= 0``; see ``_refuses``), so the request is refused exactly at the times before
+``T``, and the rejection at any such ``now`` is ``T - now`` by ``label`` (the window that
+binds longest). ``T`` depends on nothing but the state, the cost and the rate factor, so
+while those stay the same a repeated request is answered from the memo in O(1), without
+evaluating the windows; the answer is the one the full computation gives, bit for bit.
+
+A memo lives until the key's state changes: an admission drops it, as do expiry,
+:meth:`~RateLimitPolicy.reset` and :meth:`~RateLimitPolicy.restore`, and
+:meth:`~RateLimitPolicy.set_rate_factor` drops all of them. So only a key whose latest
+:meth:`~RateLimitPolicy.acquire` was rejected has one, with the policies of several windows
+(one window's rejection is cheap enough without); :meth:`~RateLimitPolicy.peek` reads memos
+but never writes one.
+"""
 
 
 # --------------------------------------------------------------------------- policies
@@ -391,6 +426,7 @@ class RateLimitPolicy:
         "_factor",
         "_labels",
         "_limits",
+        "_memo",
         "_next_expiry",
         "_states",
         "_ttl",
@@ -416,6 +452,7 @@ class RateLimitPolicy:
         self._ttl = config.effective_key_ttl
         self._ttl_extra = self._ttl - windows[-1].seconds
         self._states: OrderedDict[Hashable, Any] = OrderedDict()
+        self._memo: dict[Hashable, _Memo] = {}
         self._next_expiry = -math.inf
         self._factor = 1.0
         self._configure()
@@ -426,12 +463,17 @@ class RateLimitPolicy:
         """(Re)compute the per-window parameters from the limits and the rate factor."""
         raise NotImplementedError
 
-    def _wait(self, state: Any, now: float, cost: int) -> tuple[float, int]:
-        """``(0.0, -1)`` if ``state`` admits the request at ``now``, else ``(delay, window)``.
+    def _refuses(self, state: Any, window: int, now: float, cost: int) -> bool:
+        """Whether window ``window`` refuses the request at ``now``: the decision itself.
 
-        ``delay`` > 0 estimates the time until every window admits it; ``window`` is the
-        index of the window that binds longest.
+        A monotone function of ``now``, float rounding included (for ``now >= 0``): once a
+        window admits a request, it admits it at every later time.
         """
+        raise NotImplementedError
+
+    def _estimate(self, state: Any, window: int, cost: int) -> float:
+        """When window ``window`` starts admitting the request, from ``state`` alone and up
+        to float rounding (asked only of a window that refuses it)."""
         raise NotImplementedError
 
     def _horizon(self, state: Any) -> float:
@@ -459,10 +501,13 @@ class RateLimitPolicy:
         state = self._states.get(key)
         if state is None:
             return _ALLOWED
-        wait, window = self._wait(state, now, cost)
-        if wait:
-            return self._reject(state, now, cost, wait, window)
-        return _ALLOWED
+        memo = self._memo.get(key)
+        if memo is not None and memo[0] == cost and now < memo[1]:
+            return _rejection(now, memo[1], memo[2])
+        at, window = self._admit_time(state, now, cost)
+        if window < 0:
+            return _ALLOWED
+        return _rejection(now, at, self._labels[window])
 
     @property
     def rate_factor(self) -> float:
@@ -481,6 +526,7 @@ class RateLimitPolicy:
             raise ValueError(f"rate factor must be in (0, 1], got {factor!r}")
         self._factor = max(float(factor), self.config.min_rate_fraction)
         self._configure()
+        self._memo.clear()
         return self._factor
 
     def effective_limits(self) -> tuple[int, ...]:
@@ -506,8 +552,10 @@ class RateLimitPolicy:
         """Forget ``key`` (or every key with ``all_keys=True``)."""
         if all_keys:
             self._states.clear()
+            self._memo.clear()
         else:
             self._states.pop(key, None)
+            self._memo.pop(key, None)
 
     def status(self) -> dict[str, Any]:
         """A JSON-friendly summary: algorithm, windows, rate factor, key count, ttl."""
@@ -542,6 +590,7 @@ class RateLimitPolicy:
         self._factor = float(snapshot["rate_factor"])
         self._configure()
         self._states = OrderedDict((k, self._copy_state(s)) for k, s in snapshot["keys"])
+        self._memo.clear()
         self._next_expiry = -math.inf
 
     # ---- shared machinery
@@ -558,25 +607,64 @@ class RateLimitPolicy:
                     f"({window.limit}); such a request can never be admitted"
                 )
 
-    def _reject(self, state: Any, now: float, cost: int, wait: float, window: int) -> Decision:
-        # Walk forward from the estimate until the predicate itself admits: this absorbs
-        # float rounding, so now + retry_after is always an admitting time.
-        at = now + wait
-        label = window
-        for _ in range(10_000):
-            more, binding = self._wait(state, at, cost)
-            if not more:
-                break
-            later = at + more
-            at = later if later > at else math.nextafter(at, math.inf)
-            label = binding
-        retry_after = at - now
-        while now + retry_after < at:
-            retry_after = math.nextafter(retry_after, math.inf)
-        return _decision((False, retry_after, self._labels[label]))
+    def _admit_time(self, state: Any, now: float, cost: int) -> tuple[float, int]:
+        """``(T, window)``: the least time at which ``state`` admits the request and the
+        window that binds longest (the first of equals); ``(now, -1)`` if it admits it now.
+
+        Each window's verdict is monotone in time, so the request is admitted from the
+        latest of the refusing windows' own least admitting times on, and refused before.
+        ``T`` is unique, so it does not depend on ``now`` (see :data:`_Memo`).
+        """
+        best, binding = now, -1
+        for window in range(len(self._labels)):
+            if self._refuses(state, window, now, cost):
+                at = self._least(state, window, now, cost)
+                if at > best:
+                    best, binding = at, window
+        return best, binding
+
+    def _least(self, state: Any, window: int, lo: float, cost: int) -> float:
+        """The least time after ``lo`` (which it refuses) at which ``window`` admits.
+
+        Starts from ``_estimate`` and absorbs its float rounding: usually two checks (the
+        estimate admits, the float just before it does not); otherwise steps up by
+        doubling amounts until it admits, then bisects.
+        """
+        refuses = self._refuses
+        at = self._estimate(state, window, cost)
+        if not at > lo:
+            at = math.nextafter(lo, math.inf)
+        step = 0.0
+        while refuses(state, window, at, cost):
+            lo = at
+            step = step * 2.0 if step else math.ulp(at)
+            at += step
+        hi = at
+        probe = math.nextafter(hi, -math.inf)
+        while lo < probe < hi:
+            if refuses(state, window, probe, cost):
+                lo = probe
+            else:
+                hi = probe
+            probe = lo + (hi - lo) * 0.5
+        return hi
+
+    def _reject(self, state: Any, now: float, cost: int) -> Decision:
+        """The rejection at ``now`` of a request that ``state`` refuses (not memoised)."""
+        at, window = self._admit_time(state, now, cost)
+        return _rejection(now, at, self._labels[window])
+
+    def _reject_memo(self, key: Hashable, state: Any, now: float, cost: int) -> Decision:
+        """:meth:`_reject`, memoising the rejection for ``key`` (see :data:`_Memo`)."""
+        at, window = self._admit_time(state, now, cost)
+        label = self._labels[window]
+        if now >= 0.0:  # where every window's verdict is monotone in time
+            self._memo[key] = (cost, at, label)
+        return _rejection(now, at, label)
 
     def _expire(self, now: float, budget: int) -> int:
         states = self._states
+        memo = self._memo
         horizon = self._horizon
         extra = self._ttl_extra
         dropped = 0
@@ -591,6 +679,8 @@ class RateLimitPolicy:
                 self._next_expiry = due
                 return dropped
             del states[key]
+            if memo:
+                memo.pop(key, None)
             dropped += 1
         self._next_expiry = now + self._ttl  # no key: the next one is due ttl after it starts
         return dropped
@@ -653,16 +743,17 @@ class _Gcra(RateLimitPolicy):
         retry_after = (new - burst) / _REL * self._e0 - now
         at_u = (now + retry_after) * self._inv
         if retry_after > 0 and (tat if tat > at_u else at_u) + step <= at_u * _REL + burst:
-            return _decision((False, retry_after, self._labels[0]))
-        return self._reject(tat, now, cost, retry_after, 0)
+            return _new_tuple(Decision, (False, retry_after, self._labels[0]))
+        return self._reject(tat, now, cost)
 
-    def _wait(self, state: float, now: float, cost: int) -> tuple[float, int]:
+    def _refuses(self, state: float, window: int, now: float, cost: int) -> bool:
         step, burst = self._params(cost)
         now_u = now * self._inv
-        new = (state if state > now_u else now_u) + step
-        if new <= now_u * _REL + burst:
-            return 0.0, -1
-        return max((new - burst) / _REL * self._e0 - now, _TINY), 0
+        return (state if state > now_u else now_u) + step > now_u * _REL + burst
+
+    def _estimate(self, state: float, window: int, cost: int) -> float:
+        step, burst = self._params(cost)
+        return (state + step - burst) / _REL * self._e0
 
     def _horizon(self, state: float) -> float:
         return state * self._e0
@@ -682,47 +773,64 @@ class _GcraMulti(RateLimitPolicy):
         self._steps = tuple(n / e for n, e in pairs)
         self._slacks = tuple(_slack(n, e) for n, e in pairs)
         self._bursts = tuple(n + _slack(n, e) for n, e in pairs)
-        self._plan = tuple(zip(self._invs, self._steps, self._bursts, self._slacks, strict=True))
+        self._plan = self._plan_for(1)
+
+    def _plan_for(self, cost: int) -> tuple[tuple[float, float, float], ...]:
+        """Per window: intervals per second, the step of ``cost`` and the TAT's tolerance
+        ahead of now (as in :meth:`_Gcra._params`)."""
+        plan = []
+        for i, inv in enumerate(self._invs):
+            step = self._steps[i] * cost
+            plan.append((inv, step, max(self._bursts[i], step + self._slacks[i])))
+        return tuple(plan)
 
     def acquire(self, key: Hashable, now: float, cost: int = 1) -> Decision:
         if now >= self._next_expiry:
             self._expire(now, _EXPIRE_PER_CALL)
-        if cost != 1:
+        if cost == 1:
+            plan = self._plan
+        else:
             self._check_cost(cost)
+            plan = self._plan_for(cost)
         states = self._states
         state = states.get(key)
         if state is None:
-            states[key] = self._packer.pack(*[now * inv + s * cost for inv, s, _, _ in self._plan])
+            states[key] = self._packer.pack(*[now * inv + step for inv, step, _ in plan])
             return _ALLOWED
+        memos = self._memo
+        memo = memos.get(key) if memos else None
+        if memo is not None and memo[0] == cost:  # a memoised rejection: see _Memo
+            at = memo[1]
+            retry_after = at - now
+            if retry_after > 0:
+                if now + retry_after >= at:
+                    return _new_tuple(Decision, (False, retry_after, memo[2]))
+                return _rejection(now, at, memo[2])
+        tats = self._packer.unpack(state)
         out = []
-        for tat, (inv, unit, burst, slack) in zip(
-            self._packer.unpack(state), self._plan, strict=True
-        ):
+        for i, (inv, step, tolerance) in enumerate(plan):
             now_u = now * inv
-            step = unit * cost
-            bound = step + slack
+            tat = tats[i]
             new = (tat if tat > now_u else now_u) + step
-            if new > now_u * _REL + (burst if burst > bound else bound):
-                wait, window = self._wait(state, now, cost)
-                return self._reject(state, now, cost, wait, window)
+            if new > now_u * _REL + tolerance:
+                return self._reject_memo(key, state, now, cost)
             out.append(new)
+        if memo is not None:
+            del memos[key]
         states[key] = self._packer.pack(*out)
         states.move_to_end(key)
         return _ALLOWED
 
-    def _wait(self, state: bytes, now: float, cost: int) -> tuple[float, int]:
-        worst = 0.0
-        binding = -1
-        for i, tat in enumerate(self._packer.unpack(state)):
-            step = self._steps[i] * cost
-            burst = max(self._bursts[i], step + self._slacks[i])
-            now_u = now * self._invs[i]
-            new = (tat if tat > now_u else now_u) + step
-            if new > now_u * _REL + burst:
-                wait = max((new - burst) / _REL * self._e0s[i] - now, _TINY)
-                if wait > worst:
-                    worst, binding = wait, i
-        return worst, binding
+    def _refuses(self, state: bytes, window: int, now: float, cost: int) -> bool:
+        inv, step, tolerance = (self._plan if cost == 1 else self._plan_for(cost))[window]
+        tat = self._packer.unpack(state)[window]
+        now_u = now * inv
+        return (tat if tat > now_u else now_u) + step > now_u * _REL + tolerance
+
+    def _estimate(self, state: bytes, window: int, cost: int) -> float:
+        _, step, tolerance = (self._plan if cost == 1 else self._plan_for(cost))[window]
+        tat: float = self._packer.unpack(state)[window]
+        return (tat + step - tolerance) / _REL * self._e0s[window]
 
     def _horizon(self, state: bytes) -> float:
         tats: tuple[float, ...] = self._packer.unpack(state)
@@ -747,17 +855,14 @@ class _Log:
         return (_Log, (self.times, self.pos))
 
 
-def _log_wait(log: _Log, cut: float, k: int) -> float | None:
-    """The time that must be passed before the (k+1)-th newest entry leaves, or None."""
+def _log_entry(log: _Log, k: int) -> float:
+    """The (k+1)-th newest entry, or ``-inf`` when there are not that many."""
     times = log.times
     m = len(times)
     if k >= m:
-        return None
+        return -math.inf
     i = log.pos - 1 - k
-    if i < 0:
-        i += m
-    t = times[i]
-    return t if t > cut else None
+    return times[i if i >= 0 else i + m]
 
 
 def _log_add(log: _Log, t: float, cost: int, capacity: int, cut: float) -> None:
@@ -784,59 +889,6 @@ def _log_add(log: _Log, t: float, cost: int, capacity: int, cut: float) -> None:
             pos = 0
         times[pos] = t
         log.pos = pos + 1
-
-
-class _SlidingLog(RateLimitPolicy):
-    """The exact sliding log, one window."""
-
-    __slots__ = ("_k", "_n", "_seconds")
-
-    def _configure(self) -> None:
-        self._n = self.config.windows[0].limit
-        self._seconds = self.config.windows[0].seconds
-        self._k = self.effective_limits()[0] - 1  # entries that may be in the window
-
-    def acquire(self, key: Hashable, now: float, cost: int = 1) -> Decision:
-        if now >= self._next_expiry:
-            self._expire(now, _EXPIRE_PER_CALL)
-        if cost != 1:
-            self._check_cost(cost)
-        states = self._states
-        log = states.get(key)
-        if log is None:
-            states[key] = _Log([now] * cost, cost)
-            return _ALLOWED
-        cut = now - self._seconds
-        k = self._k if cost == 1 else max(self._k + 1 - cost, 0)
-        times = log.times
-        m = len(times)
-        if k < m:
-            i = log.pos - 1 - k
-            t = times[i if i >= 0 else i + m]
-            if t > cut:
-                retry_after = t + self._seconds - now
-                if retry_after > 0 and not t > now + retry_after - self._seconds:
-                    return _decision((False, retry_after, self._labels[0]))
-                return self._reject(log, now, cost, retry_after, 0)
-        if cost == 1 and m < _COMPACT_MIN and m < self._n:
-            times.append(now)
-            log.pos = m + 1
-        else:
-            _log_add(log, now, cost, self._n, cut)
-        states.move_to_end(key)
-        return _ALLOWED
-
-    def _wait(self, state: _Log, now: float, cost: int) -> tuple[float, int]:
-        t = _log_wait(state, now - self._seconds, max(self._k + 1 - cost, 0))
-        if t is None:
-            return 0.0, -1
-        return max(t + self._seconds - now, _TINY), 0
-
-    def _horizon(self, state: _Log) -> float:
-        return state.times[state.pos - 1] + self._seconds
-
-    def _copy_state(self, state: _Log) -> _Log:
-        return _Log(list(state.times), state.pos)
 
 
 class _SlidingLogMulti(RateLimitPolicy):
@@ -866,6 +918,15 @@ class _SlidingLogMulti(RateLimitPolicy):
         if log is None:
             states[key] = _Log([now] * cost, cost)
             return _ALLOWED
+        memos = self._memo
+        memo = memos.get(key) if memos else None
+        if memo is not None and memo[0] == cost:  # a memoised rejection: see _Memo
+            at = memo[1]
+            retry_after = at - now
+            if retry_after > 0:
+                if now + retry_after >= at:
+                    return _new_tuple(Decision, (False, retry_after, memo[2]))
+                return _rejection(now, at, memo[2])
         times = log.times
         m = len(times)
         pos = log.pos
@@ -874,8 +935,9 @@ class _SlidingLogMulti(RateLimitPolicy):
             if k < m:
                 i = pos - 1 - k
                 if times[i if i >= 0 else i + m] > now - seconds:
-                    wait, window = self._wait(log, now, cost)
-                    return self._reject(log, now, cost, wait, window)
+                    return self._reject_memo(key, log, now, cost)
+        if memo is not None:
+            del memos[key]
         if cost == 1 and m < _COMPACT_MIN and m < self._capacity:
             times.append(now)
             log.pos = m + 1
@@ -884,22 +946,61 @@ class _SlidingLogMulti(RateLimitPolicy):
         states.move_to_end(key)
         return _ALLOWED
 
-    def _wait(self, state: _Log, now: float, cost: int) -> tuple[float, int]:
-        worst = 0.0
-        binding = -1
-        for i, (seconds, room) in enumerate(self._plan):
-            t = _log_wait(state, now - seconds, max(room + 1 - cost, 0))
-            if t is not None:
-                wait = max(t + seconds - now, _TINY)
-                if wait > worst:
-                    worst, binding = wait, i
-        return worst, binding
+    def _refuses(self, state: _Log, window: int, now: float, cost: int) -> bool:
+        seconds, room = self._plan[window]
+        return _log_entry(state, max(room + 1 - cost, 0)) > now - seconds
+
+    def _estimate(self, state: _Log, window: int, cost: int) -> float:
+        seconds, room = self._plan[window]
+        return _log_entry(state, max(room + 1 - cost, 0)) + seconds
 
     def _horizon(self, state: _Log) -> float:
         return state.times[state.pos - 1] + self._longest
 
     def _copy_state(self, state: _Log) -> _Log:
         return _Log(list(state.times), state.pos)
+
+
+class _SlidingLog(_SlidingLogMulti):
+    """The exact sliding log with a single window: a fast path, same state."""
+
+    __slots__ = ("_k", "_n", "_seconds")
+
+    def _configure(self) -> None:
+        super()._configure()
+        self._n = self.config.windows[0].limit
+        self._seconds = self.config.windows[0].seconds
+        self._k = self.effective_limits()[0] - 1  # entries that may be in the window
+
+    def acquire(self, key: Hashable, now: float, cost: int = 1) -> Decision:
+        if now >= self._next_expiry:
+            self._expire(now, _EXPIRE_PER_CALL)
+        if cost != 1:
+            self._check_cost(cost)
+        states = self._states
+        log = states.get(key)
+        if log is None:
+            states[key] = _Log([now] * cost, cost)
+            return _ALLOWED
+        cut = now - self._seconds
+        k = self._k if cost == 1 else max(self._k + 1 - cost, 0)
+        times = log.times
+        m = len(times)
+        if k < m:
+            i = log.pos - 1 - k
+            t = times[i if i >= 0 else i + m]
+            if t > cut:
+                retry_after = t + self._seconds - now
+                if retry_after > 0 and not t > now + retry_after - self._seconds:
+                    return _new_tuple(Decision, (False, retry_after, self._labels[0]))
+                return self._reject(log, now, cost)
+        if cost == 1 and m < _COMPACT_MIN and m < self._n:
+            times.append(now)
+            log.pos = m + 1
+        else:
+            _log_add(log, now, cost, self._n, cut)
+        states.move_to_end(key)
+        return _ALLOWED
 
 
 class _SlidingWindow(RateLimitPolicy):
@@ -937,6 +1038,15 @@ class _SlidingWindow(RateLimitPolicy):
             self._check_cost(cost)
         states = self._states
         state = states.get(key)
+        memos = self._memo
+        memo = memos.get(key) if memos else None  # (only a key with state has one)
+        if memo is not None and memo[0] == cost:  # a memoised rejection: see _Memo
+            at = memo[1]
+            retry_after = at - now
+            if retry_after > 0:
+                if now + retry_after >= at:
+                    return _new_tuple(Decision, (False, retry_after, memo[2]))
+                return _rejection(now, at, memo[2])
         packed = 0
         floor = math.floor
         for seconds, limit, b, mask, counts_at, idx_at, idx_mask, bias in self._plan:
@@ -956,45 +1066,43 @@ class _SlidingWindow(RateLimitPolicy):
                 else:
                     prev = cur = 0
                 if prev * (1.0 - (q - idx)) + cur + cost > (limit if limit > cost else cost):
-                    wait, window = self._wait(state, now, cost)
-                    return self._reject(state, now, cost, wait, window)
+                    return self._reject_memo(key, state, now, cost)
             packed |= (((prev << b) | (cur + cost)) << counts_at) | ((idx + bias) << idx_at)
+        if memo is not None:
+            del memos[key]
         states[key] = packed
         if state is not None:
             states.move_to_end(key)
         return _ALLOWED
 
-    def _wait(self, state: int, now: float, cost: int) -> tuple[float, int]:
-        worst = 0.0
-        binding = -1
-        floor = math.floor
-        for i, (seconds, limit, b, mask, counts_at, idx_at, idx_mask, bias) in enumerate(
-            self._plan
-        ):
-            q = now / seconds
-            idx = floor(q)
-            stored = ((state >> idx_at) & idx_mask) - bias
-            if stored == idx:
-                counts = state >> counts_at
-                prev = (counts >> b) & mask
-                cur = counts & mask
-            elif stored == idx - 1:
-                prev = (state >> counts_at) & mask
-                cur = 0
-            else:
-                continue
-            room = (limit if limit > cost else cost) - cost
-            if prev * (1.0 - (q - idx)) + cur <= room:
-                continue
-            # The estimate falls linearly to 0 over two windows: find where it is ``room``.
-            if cur <= room:  # in this window: prev * (1 - f) <= room - cur, so prev > 0
-                at = (idx + 1.0 - (room - cur) / prev) * seconds
-            else:  # in the next one, where cur has become prev (cur > room >= 0)
-                at = (idx + 2.0 - room / cur) * seconds
-            wait = max(at - now, _TINY)
-            if wait > worst:
-                worst, binding = wait, i
-        return worst, binding
+    def _refuses(self, state: int, window: int, now: float, cost: int) -> bool:
+        seconds, limit, b, mask, counts_at, idx_at, idx_mask, bias = self._plan[window]
+        q = now / seconds
+        idx = math.floor(q)
+        stored = ((state >> idx_at) & idx_mask) - bias
+        if stored == idx:
+            counts = state >> counts_at
+            prev = (counts >> b) & mask
+            cur = counts & mask
+        elif stored == idx - 1:
+            prev = (state >> counts_at) & mask
+            cur = 0
+        else:
+            return False
+        return prev * (1.0 - (q - idx)) + cur + cost > (limit if limit > cost else cost)
+
+    def _estimate(self, state: int, window: int, cost: int) -> float:
+        seconds, limit, b, mask, counts_at, idx_at, idx_mask, bias = self._plan[window]
+        stored = ((state >> idx_at) & idx_mask) - bias
+        counts = state >> counts_at
+        prev = (counts >> b) & mask
+        cur = counts & mask
+        room = (limit if limit > cost else cost) - cost
+        # The estimate falls linearly to 0 over two windows: find where it is ``room``.
+        if cur > room:  # in the next window, where cur has become prev
+            return (stored + 2.0 - room / cur) * seconds
+        # in the stored window: prev * (1 - f) <= room - cur (prev > 0, as it refuses)
+        return (stored + 1.0 - (room - cur) / prev) * seconds
 
     def _horizon(self, state: int) -> float:
         # The counts of a fixed window matter until the end of the next one.
@@ -1046,7 +1154,7 @@ class _SlidingWindowOne(_SlidingWindow):
             states[key] = (((idx << b) | prev) << b) | (cur + cost)
             states.move_to_end(key)
             return _ALLOWED
-        # Where the estimate (falling linearly) reaches limit - cost, as in _wait; then check
+        # Where the estimate (falling linearly) reaches limit - cost, as in _estimate; then check
         # the decision there, so that rounding can never make now + retry_after reject.
         room = limit - cost
         seconds = self._seconds
@@ -1061,31 +1169,8 @@ class _SlidingWindowOne(_SlidingWindow):
         else:
             fits = at != idx + 1 or cur * (1.0 - (q - at)) <= room
         if fits and retry_after > 0:
-            return _decision((False, retry_after, self._labels[0]))
-        return self._reject(state, now, cost, max(retry_after, _TINY), 0)
-
-    def _wait(self, state: int, now: float, cost: int) -> tuple[float, int]:
-        b = self._b
-        seconds = self._seconds
-        q = now / seconds
-        idx = math.floor(q)
-        stored = state >> (b + b)
-        if stored == idx:
-            prev = (state >> b) & self._mask
-            cur = state & self._mask
-        elif stored == idx - 1:
-            prev = state & self._mask
-            cur = 0
-        else:
-            return 0.0, -1
-        room = max(self._limit, cost) - cost
-        if prev * (1.0 - (q - idx)) + cur <= room:
-            return 0.0, -1
-        if cur <= room:
-            at = (idx + 1.0 - (room - cur) / prev) * seconds
-        else:
-            at = (idx + 2.0 - room / cur) * seconds
-        return max(at - now, _TINY), 0
+            return _new_tuple(Decision, (False, retry_after, self._labels[0]))
+        return self._reject(state, now, cost)
 
     def _horizon(self, state: int) -> float:
         return ((state >> (self._b + self._b)) + 2) * self._seconds
