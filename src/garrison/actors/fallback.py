@@ -134,7 +134,7 @@ class FallbackActor(Stage):
 
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Hand the operation on and see its outcome."""
-        self.pass_on_observed(message, reply, context=message)
+        self.pass_on_observed(message, reply, context=message, answer_success=self._cache is None)
 
     def handle_outcome(self, context: Any, outcome: Future[Any], reply: Future[Any]) -> None:
         """Remember a success, or answer a failure with a substitute."""

@@ -232,7 +232,12 @@ class RetryActor(Stage):
     def _attempt(self, operation: _Operation) -> None:
         self._attempts += 1
         self._in_flight[operation.id] = operation
-        self.pass_on_observed(operation.message, operation.reply, context=operation)
+        self.pass_on_observed(
+            operation.message,
+            operation.reply,
+            context=operation,
+            answer_success=self.config.retry_on_result is None,
+        )
 
     def _retry_due(self, operation: _Operation) -> None:
         operation.timer = None
@@ -249,10 +254,10 @@ class RetryActor(Stage):
             return
         operation = context
         self._in_flight.pop(operation.id, None)
-        if reply.done():
+        error = outcome.exception(0)
+        if reply.done() and error is not None:
             return  # nobody can receive another outcome
         now = self.clock.monotonic()
-        error = outcome.exception(0)
         if error is None:
             self._on_result(operation, outcome.get(0), now)
         else:
