@@ -52,6 +52,15 @@ class Ping:
 
 PING = Ping()
 
+_PYKKA_MESSAGES = frozenset(
+    {
+        messages._ActorStop,
+        messages.ProxyCall,
+        messages.ProxyGetAttr,
+        messages.ProxySetAttr,
+    }
+)
+
 
 class SafeLoop(pykka.Actor):
     """garrison's receive loop, as a mixin over any pykka actor class.
@@ -128,6 +137,13 @@ class SafeLoop(pykka.Actor):
         return record
 
     # -- the receive loop (replaces pykka's) ------------------------------------------------
+
+    def _handle_receive(self, message: Any) -> Any:
+        # pykka's own messages (stop, proxy calls) go to pykka; the rest straight to
+        # on_receive, without pykka's four isinstance checks per message.
+        if type(message) in _PYKKA_MESSAGES:
+            return super()._handle_receive(message)
+        return self.on_receive(message)
 
     def _actor_loop_setup(self) -> None:
         self._thread = threading.current_thread()
