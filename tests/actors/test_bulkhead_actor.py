@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -277,3 +278,50 @@ def test_from_dict_rejects_unknown_keys():
     with pytest.raises(ConfigError) as info:
         BulkheadConfig.from_dict({"max_worker": 5})
     assert info.value.key == "max_worker"
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["quiet", "busy"])
+def test_a_caller_answered_finds_its_slot_free_again(rt, busy):
+    # max_queue=0: a slot or a worker still counted busy after the answer would be refused
+    # (read-your-writes). "busy" keeps the bulkhead's mailbox full of other messages, so a
+    # completion notice waits behind them: the caller must still not be answered first.
+    ref = bulkhead(rt, max_workers=1, max_queue=0)
+    stop = threading.Event()
+
+    def flood() -> None:  # keeps about 20 status requests queued
+        window: deque[Any] = deque()
+        while not stop.is_set():
+            window.append(ref.ask_future(GetStatus()))
+            if len(window) >= 20:
+                window.popleft().get(5)
+
+    flooder = threading.Thread(target=flood)
+    if busy:
+        flooder.start()
+    try:
+        assert [ref.ask(Execute(lambda i=i: i), timeout=5) for i in range(200)] == list(range(200))
+    finally:
+        stop.set()
+        if busy:
+            flooder.join(10)
+    status = ref.ask(GetStatus(), timeout=5)
+    assert (status["rejected"], status["in_use"], status["idle_workers"]) == (0, 0, 1)
+    assert status["completed"] == 200
+
+
+def test_freed_workers_take_the_waiting_operations_and_the_books_balance(rt):
+    ref = bulkhead(rt, max_workers=2, max_queue=10)
+    gate = Gate()
+    blocked = [ref.ask_future(gate.op(i)) for i in range(2)]
+    gate.wait_started(2)
+    futures = [ref.ask_future(Execute(lambda i=i: i * 10)) for i in range(10)]
+    ref.settle(5)
+    assert ref.ask(GetStatus(), timeout=5)["queued"] == 10
+    gate.release.set()
+    assert [f.get(5) for f in blocked] == [0, 1]
+    assert [f.get(5) for f in futures] == [i * 10 for i in range(10)]
+    ref.settle(5)
+    status = ref.ask(GetStatus(), timeout=5)
+    assert (status["in_use"], status["queued"], status["idle_workers"]) == (0, 0, 2)
+    assert (status["completed"], status["rejected"]) == (12, 0)
+    assert ref.ask(Execute(lambda: "after"), timeout=5) == "after"

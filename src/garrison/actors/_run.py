@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import inspect
+from types import FunctionType
 from typing import Any
 
 from garrison._future import Future
@@ -38,6 +39,14 @@ def run_operation(
 def is_coroutine_operation(message: Execute) -> bool:
     """True if ``message.fn`` is a coroutine function (also through functools.partial)."""
     fn: Any = message.fn
+    if type(fn) is FunctionType:
+        # The common case, answered without inspect's unwrapping: a plain function is a
+        # coroutine function by its code flag, unless it carries a marker attribute
+        # (``inspect.markcoroutinefunction``), which only a function with a __dict__ can.
+        if fn.__code__.co_flags & inspect.CO_COROUTINE:
+            return True
+        if not fn.__dict__:
+            return False
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(

@@ -159,12 +159,13 @@ class _WorkerEnded:
 
 
 class _Worker:
-    __slots__ = ("actor", "ref", "retired")
+    __slots__ = ("actor", "dead", "ref", "retired")
 
     def __init__(self, ref: Ref, actor: SafeLoop) -> None:
         self.ref = ref
         self.actor = actor
         self.retired = False
+        self.dead = False
 
 
 class _Running:
@@ -371,7 +372,7 @@ class BulkheadActor(Stage):
         if not record.abandoned:
             self._in_flight -= 1
             worker = record.worker
-            if worker is not None and not worker.retired:
+            if worker is not None and not (worker.retired or worker.dead):
                 self._idle.append(worker)
         self.completed += 1
         copy_outcome(record.inner, reply)
@@ -418,6 +419,7 @@ class BulkheadActor(Stage):
         self._start_waiting()
 
     def _worker_ended(self, worker: _Worker, error: BaseException | None) -> None:
+        worker.dead = True  # a late completion must not put it back among the idle
         if worker not in self._workers:
             return
         self._workers.remove(worker)
