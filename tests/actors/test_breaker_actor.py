@@ -586,3 +586,16 @@ def test_an_outcome_in_flight_during_a_restart_is_still_recorded():
         with pytest.raises(Boom):
             pending.get(5)
         assert breaker.ask(GetStatus(), timeout=5)["state"] == "open"
+
+
+def test_status_totals_count_calls_by_kind():
+    with Runtime(clock=ManualClock()) as rt:
+        breaker = rt.spawn(CircuitBreakerActor, config(), pool(rt, 2), service="totals")
+        assert breaker.ask(Execute(ok), timeout=5) == "ok"
+        assert breaker.ask(Execute(ok), timeout=5) == "ok"
+        fail_n(breaker, 3)
+        for _ in range(2):
+            with pytest.raises(CircuitOpen):
+                breaker.ask(Execute(ok), timeout=5)
+        totals = breaker.ask(GetStatus(), timeout=5)["totals"]
+        assert totals == {"successful": 2, "failed": 3, "slow": 0, "rejected": 2, "ignored": 0}

@@ -723,6 +723,7 @@ def test_status_describes_the_actor():
         "succeeded": 1,
         "succeeded_after_retry": 0,
         "failed": 0,
+        "failed_after_retry": 0,
         "gave_up": {},
         "abandoned": 0,
         "budget": {

@@ -167,6 +167,7 @@ class CircuitBreakerActor(Stage):
         self.listeners: tuple[TransitionListener, ...] = tuple(listeners)
         self._rng = random.Random(seed)
         self.policy = BreakerPolicy(config, self._rng)
+        self._totals = dict.fromkeys(("successful", "failed", "slow", "rejected", "ignored"), 0)
         self._timer: TimerHandle | None = None
         self._timer_due: float | None = None
         self._timer_token: object | None = None
@@ -209,6 +210,7 @@ class CircuitBreakerActor(Stage):
             if decision.probe:
                 self._sync()
             return
+        self._totals["rejected"] += 1
         reply.try_set_exception(
             CircuitOpen(self.service, decision.retry_after, state=decision.state)
         )
@@ -246,6 +248,7 @@ class CircuitBreakerActor(Stage):
             if decision.probe:
                 self._sync()
             return decision
+        self._totals["rejected"] += 1
         self.reject(CircuitOpen(self.service, decision.retry_after, state=decision.state))
         self._sync()
         return None
@@ -254,12 +257,22 @@ class CircuitBreakerActor(Stage):
         self, permit: Permit, ok: bool, duration: float, error: BaseException | None, now: float
     ) -> None:
         policy = self.policy
+        totals = self._totals
         if ok:
             policy.on_success(permit, duration, now)
+            totals["successful"] += 1
         elif isinstance(error, Rejected):
             policy.on_ignored(permit)  # garrison's own rejection says nothing of the service
+            totals["ignored"] += 1
         else:
             policy.on_failure(permit, duration, now, error)
+            kind = policy.classify(error) if error is not None else "failure"
+            totals[
+                "failed" if kind == "failure" else "successful" if kind == "success" else "ignored"
+            ] += 1
+        slow = self.config.slow_call_duration
+        if slow is not None and duration >= slow and not isinstance(error, Rejected):
+            totals["slow"] += 1
         self._sync()
 
     def _manual(self, message: ForceOpen | ForceClose | Reset | Disable) -> BreakerState:
@@ -279,11 +292,14 @@ class CircuitBreakerActor(Stage):
     # -- status ---------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """The policy's status (see ``BreakerPolicy.status``) plus ``stage`` and ``service``."""
+        """The policy's status (see ``BreakerPolicy.status``) plus ``stage``, ``service`` and
+        ``totals``: calls since this incarnation started, by kind (successful, failed,
+        slow, rejected, ignored)."""
         return {
             "stage": self.stage,
             "service": self.service,
             **self.policy.status(self.clock.monotonic()),
+            "totals": dict(self._totals),
         }
 
     # -- timers and transitions -----------------------------------------------------------------

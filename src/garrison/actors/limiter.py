@@ -401,6 +401,7 @@ class RateLimiterActor(Stage):
             "rejected": self.rejected,
             "queue_full": self.queue_full,
             "queue_timeouts": self.queue_timeouts,
+            "feedbacks": self.feedbacks,
             "keys": self.policy.key_count(),
         }
 

@@ -176,6 +176,7 @@ class RetryActor(Stage):
         self._succeeded = 0
         self._succeeded_after_retry = 0
         self._failed = 0
+        self._failed_after_retry = 0
         self._gave_up: Counter[str] = Counter()
         self._abandoned = 0
 
@@ -384,6 +385,8 @@ class RetryActor(Stage):
         if decision.reason in _RETRY_GIVE_UPS:
             self._log_gave_up(operation, decision.reason, None, now)
         self._succeeded += 1
+        if operation.attempt > 1:
+            self._succeeded_after_retry += 1
         operation.reply.try_set_result(result)
 
     def _finish_failed(
@@ -396,6 +399,8 @@ class RetryActor(Stage):
         last_error: BaseException | None = None,
     ) -> None:
         self._failed += 1
+        if operation.attempt > 1:
+            self._failed_after_retry += 1
         self._gave_up[reason] += 1
         if reason in _RETRY_GIVE_UPS or operation.attempt > 1:
             self._log_gave_up(
@@ -446,6 +451,7 @@ class RetryActor(Stage):
             "succeeded": self._succeeded,
             "succeeded_after_retry": self._succeeded_after_retry,
             "failed": self._failed,
+            "failed_after_retry": self._failed_after_retry,
             "gave_up": dict(self._gave_up),
             "abandoned": self._abandoned,
             "budget": budget,

@@ -93,6 +93,7 @@ class _Child:
     __slots__ = (
         "actor",
         "consecutive",
+        "give_ups",
         "incarnation",
         "mailbox",
         "mode",
@@ -113,6 +114,7 @@ class _Child:
         self.state = "new"
         self.mode = "run"  # run | hold (stopped for a restart) | terminate
         self.restarts = 0
+        self.give_ups = 0
         self.consecutive = 0
         self.started_at = 0.0
         self.snapshot: tuple[Any] | None = None
@@ -600,6 +602,7 @@ class Supervisor(Actor):
                 error=error,
             )
             if isinstance(error, SupervisorGaveUp):
+                child.give_ups += 1
                 emit(
                     "garrison.supervisor.escalated",
                     level="error",
@@ -726,6 +729,7 @@ class Supervisor(Actor):
                     "name": name,
                     "state": child.state,
                     "restarts": child.restarts,
+                    "give_ups": child.give_ups,
                     "restart": child.spec.restart.value,
                     "actor_class": child.spec.actor_class.__name__,
                     "ref": child.ref,
