@@ -267,6 +267,9 @@ def test_the_collector_reports_what_the_stages_report(world):
     assert value(samples, "garrison_circuitbreaker_consecutive_failures", name="api") == 2
     assert value(samples, "garrison_circuitbreaker_retry_after_seconds", name="api") == 25.0
     assert value(samples, "garrison_circuitbreaker_recovery_timeout_seconds", name="api") == 30.0
+    calls = "garrison_circuitbreaker_calls_total"
+    assert value(samples, calls, name="api", kind="successful") == 2
+    assert value(samples, calls, name="api", kind="failed") == 3
     # the standalone breaker
     assert value(samples, "garrison_circuitbreaker_state", name="payments", state="open") == 1
     assert value(samples, buffered, name="payments", kind="successful") == 1

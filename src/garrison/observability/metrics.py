@@ -62,6 +62,9 @@ Circuit breakers (``rt.breakers``: pipeline breakers and standalone ones)
   admits a call again (0 when it admits calls).
 - ``garrison_circuitbreaker_recovery_timeout_seconds{name}`` (gauge): the current wait from
   open to half-open (it grows with each re-opening when recovery backoff is configured).
+- ``garrison_circuitbreaker_calls_total{name, kind}`` (counter): calls since the breaker
+  (this incarnation) started, ``kind`` ``successful``, ``failed``, ``slow``, ``rejected``
+  (refused while open) or ``ignored`` (garrison's own rejections from further down).
 
 Rate limiters
 
@@ -79,6 +82,8 @@ Rate limiters
 - ``garrison_ratelimiter_paused_seconds{name}`` (gauge): how long admissions stay paused by
   a ``RateLimitFeedback(retry_after=...)`` (0: not paused).
 - ``garrison_ratelimiter_keys{name}`` (gauge): client keys the limiter tracks.
+- ``garrison_ratelimiter_feedbacks_total{name}`` (counter): ``RateLimitFeedback`` signals
+  received (429/503 from the service, or sent by users).
 
 Bulkheads (every pipeline has one: the default pool when none is configured)
 
@@ -253,6 +258,16 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
         "gauge",
         ("name",),
         "The circuit breaker's current wait from open to half-open.",
+    ),
+    "garrison_circuitbreaker_calls_total": (
+        "counter",
+        ("name", "kind"),
+        "Calls through the circuit breaker, by kind: successful, failed, slow, rejected, ignored.",
+    ),
+    "garrison_ratelimiter_feedbacks_total": (
+        "counter",
+        ("name",),
+        "RateLimitFeedback signals the rate limiter received.",
     ),
     "garrison_ratelimiter_admitted_total": (
         "counter",
@@ -492,10 +507,15 @@ def _breaker(out: _Sink, name: str, status: Mapping[str, Any]) -> None:
         ("garrison_circuitbreaker_recovery_timeout_seconds", "recovery_timeout"),
     ):
         out.add(metric, (name,), status.get(key))
+    totals = status.get("totals")
+    if isinstance(totals, Mapping):
+        for kind, count in totals.items():
+            out.add("garrison_circuitbreaker_calls_total", (name, str(kind)), count)
 
 
 def _limiter(out: _Sink, name: str, status: Mapping[str, Any]) -> None:
     out.add("garrison_ratelimiter_admitted_total", (name,), status.get("admitted"))
+    out.add("garrison_ratelimiter_feedbacks_total", (name,), status.get("feedbacks"))
     for reason, key in (
         ("rate_limited", "rejected"),
         ("queue_full", "queue_full"),
