@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.garrison-installed
 
-.PHONY: test lint demo bench format clean venv
+.PHONY: test lint demo tour bench format clean venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks examples
 
 demo: $(STAMP)
+	$(PY) -m garrison.cli demo
+
+tour: $(STAMP)
 	$(PY) examples/first_steps.py
 
 bench: $(STAMP)
