@@ -48,6 +48,7 @@ from garrison._messages import Execute
 from garrison._ref import Ref, actor_of
 from garrison._scheduler import Scheduler, TimerHandle
 from garrison._spawn import start_actor, stop_and_join
+from garrison._validate import require_int
 from garrison.actors._run import copy_outcome, is_coroutine_operation, run_operation
 from garrison.actors._stage import Stage
 from garrison.actors.worker import WorkerActor
@@ -55,14 +56,6 @@ from garrison.errors import ActorUnavailable, BulkheadFull, ConfigError
 from garrison.observability.events import emit
 
 __all__ = ["Abandon", "BulkheadActor", "BulkheadConfig"]
-
-
-def _count(key: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"must be >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +77,17 @@ class BulkheadConfig:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        workers = _count("max_workers", self.max_workers, minimum=1)
+        workers = require_int("max_workers", self.max_workers, minimum=1)
         if self.max_concurrent is not None:
-            _count("max_concurrent", self.max_concurrent, minimum=1)
-        _count("max_queue", self.max_queue, minimum=0)
+            require_int("max_concurrent", self.max_concurrent, minimum=1)
+        require_int("max_queue", self.max_queue, minimum=0)
         if self.max_wait is not None:
             wait = self.max_wait
             if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait > 0:
                 raise ConfigError("max_wait", f"must be a number > 0, got {wait!r}")
             put(self, "max_wait", float(wait))
         if self.max_abandoned is not None:
-            _count("max_abandoned", self.max_abandoned, minimum=0)
+            require_int("max_abandoned", self.max_abandoned, minimum=0)
         timeout = self.shutdown_timeout
         if (
             isinstance(timeout, bool)

@@ -16,25 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from garrison._validate import require_int, require_number
 from garrison.errors import ConfigError
 
 __all__ = ["AdaptiveTimeout", "AdaptiveTimeoutPolicy", "TimeoutConfig"]
-
-
-def _number(key: str, value: object, *, above: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value!r}")
-    if above is not None and value <= above:
-        raise ConfigError(key, f"must be > {above:g}, got {value!r}")
-    return float(value)
-
-
-def _int(key: str, value: object, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(key, f"must be an integer, got {value!r}")
-    if value < minimum:
-        raise ConfigError(key, f"must be >= {minimum}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +42,22 @@ class TimeoutConfig:
 
     def __post_init__(self) -> None:
         put = object.__setattr__
-        base = _number("base_timeout", self.base_timeout, above=0)
+        base = require_number("base_timeout", self.base_timeout, above=0)
         put(self, "base_timeout", base)
         if not isinstance(self.adaptive, bool):
             raise ConfigError("adaptive", f"must be true or false, got {self.adaptive!r}")
         if self.max_timeout is not None:
-            cap = _number("max_timeout", self.max_timeout, above=0)
+            cap = require_number("max_timeout", self.max_timeout, above=0)
             if cap < base:
                 raise ConfigError(
                     "max_timeout", f"must be >= base_timeout ({base:g}), got {self.max_timeout!r}"
                 )
             put(self, "max_timeout", cap)
-        history = _int("history", self.history, minimum=2)
-        min_samples = _int("min_samples", self.min_samples, minimum=2)
+        history = require_int("history", self.history, minimum=2)
+        min_samples = require_int("min_samples", self.min_samples, minimum=2)
         if min_samples > history:
             raise ConfigError("min_samples", f"must be <= history ({history}), got {min_samples}")
-        k = _number("k", self.k)
+        k = require_number("k", self.k)
         if k < 0:
             raise ConfigError("k", f"must be >= 0, got {self.k!r}")
         put(self, "k", k)
