@@ -411,9 +411,12 @@ class RetryActor(Stage):
     def _log_gave_up(
         self, operation: _Operation, reason: str, error: BaseException | None, now: float
     ) -> None:
+        # A first attempt refused with a long retry_after (an open breaker, say) is routine:
+        # the rejection itself was logged where it happened.
+        routine = operation.attempt == 1 and reason == "retry_after_too_long"
         emit(
             "garrison.retry.gave_up",
-            level="warning",
+            level="info" if routine else "warning",
             service=self.service,
             operation=operation.message.name,
             attempts=operation.attempt,
