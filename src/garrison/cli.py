@@ -1,12 +1,14 @@
-"""The ``garrison`` command: ``garrison check CONFIG`` and ``garrison demo``.
+"""The ``garrison`` command: ``garrison check CONFIG``, ``garrison demo``, ``garrison status URL``.
 
 ``check`` validates a TOML/YAML configuration file and prints the runtime settings, the
 pipeline each service would get (stages outermost first, with their key settings) and the
 supervision tree a runtime would start for it; no actor is started. ``demo`` runs a live
-simulation (see :mod:`garrison._demo`). Output goes through rich when stdout is a terminal
-and is plain text (no escape codes) otherwise.
+simulation (see :mod:`garrison._demo`). ``status`` reads a running daemon's JSON status
+endpoint (``examples/daemon.py``) and renders its supervision tree and pipelines. Output
+goes through rich when stdout is a terminal and is plain text (no escape codes) otherwise.
 
-Exit codes: 0 success; 2 an invalid configuration, a missing file or a usage error;
+Exit codes: 0 success; 2 an invalid configuration, a missing file, a usage error or a
+daemon that cannot be reached (or does not answer 200);
 130 a demo interrupted with Ctrl-C (its report is still written).
 """
 
@@ -20,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from garrison.actors.bulkhead import BulkheadConfig
 from garrison.config import ReliabilityConfig, ServiceConfig, load_config
@@ -337,6 +340,223 @@ def _demo(args: argparse.Namespace) -> int:
     )
 
 
+# -- status ---------------------------------------------------------------------------------
+
+STATUS_TIMEOUT = 5.0
+"""Seconds ``garrison status`` waits for the daemon's answer."""
+
+
+def status_url(url: str) -> str:
+    """``url`` with ``http://`` when it has no scheme and ``/status`` when it has no path."""
+    text = url.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    parts = urlsplit(text)
+    if parts.path in ("", "/"):
+        parts = parts._replace(path="/status")
+    return urlunsplit(parts)
+
+
+def _fetch_status(url: str) -> tuple[dict[str, Any] | None, str]:
+    """(the status document, "") or (None, what went wrong)."""
+    try:
+        import httpx  # noqa: PLC0415 (the http extra; only `status` needs it)
+    except ImportError:
+        return None, "needs httpx, which garrison installs with its 'http' extra"
+
+    try:
+        response = httpx.get(url, timeout=STATUS_TIMEOUT, headers={"accept": "application/json"})
+    except httpx.HTTPError as error:
+        return None, f"cannot reach {url}: {type(error).__name__}: {error}"
+    except (httpx.InvalidURL, ValueError) as error:  # an unusable URL
+        return None, f"bad URL {url!r}: {error}"
+    if response.status_code != 200:
+        return None, f"{url} answered {response.status_code} {response.reason_phrase}"
+    try:
+        data = response.json()
+    except ValueError:
+        return None, f"{url} did not answer with JSON"
+    if not isinstance(data, dict):
+        return None, f"{url} answered JSON that is not an object"
+    return data, ""
+
+
+def _text(value: object) -> str:
+    if isinstance(value, float):
+        return _num(value)
+    return "-" if value is None else str(value)
+
+
+def _node_label(node: dict[str, Any]) -> str:
+    """``name (Class): state, restarts N[, gave up N]`` for one node of a tree."""
+    name = _text(node.get("name", "?"))
+    kind = node.get("actor_class")
+    label = f"{name} ({kind})" if kind else name
+    parts = [_text(node.get("state", "?")), f"restarts {_text(node.get('restarts', 0))}"]
+    if node.get("give_ups"):
+        parts.append(f"gave up {_text(node['give_ups'])}")
+    return f"{label}: {', '.join(parts)}"
+
+
+def _node_children(node: dict[str, Any]) -> list[dict[str, Any]]:
+    children = node.get("children")
+    if not isinstance(children, list):
+        return []
+    return [child for child in children if isinstance(child, dict)]
+
+
+def status_tree_lines(tree: dict[str, Any]) -> list[str]:
+    """The supervision tree as indented plain lines (``├──`` / ``└──`` branches)."""
+    lines = [_node_label(tree)]
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        children = _node_children(node)
+        for index, child in enumerate(children):
+            last = index == len(children) - 1
+            lines.append(f"{prefix}{'└── ' if last else '├── '}{_node_label(child)}")
+            walk(child, prefix + ("    " if last else "│   "))
+
+    walk(tree, "")
+    return lines
+
+
+def pipeline_summary(status: dict[str, Any]) -> str:
+    """One line for one pipeline's ``status()``: breaker, limiter and bulkhead numbers."""
+    if "error" in status and not isinstance(status.get("error"), dict):
+        return f"status unavailable ({_text(status['error'])})"
+    parts: list[str] = []
+    breaker = status.get("circuit_breaker")
+    if isinstance(breaker, dict):
+        text = f"breaker {_text(breaker.get('state'))}"
+        details = []
+        if "consecutive_failures" in breaker:
+            details.append(
+                f"failures {_text(breaker.get('consecutive_failures'))}"
+                f"/{_text(breaker.get('failure_threshold'))}"
+            )
+        rate = breaker.get("error_rate")
+        if isinstance(rate, int | float):
+            details.append(f"error rate {rate:.0%}")
+        retry_after = breaker.get("retry_after")
+        if isinstance(retry_after, int | float) and retry_after > 0:
+            details.append(f"retry after {retry_after:.1f}s")
+        parts.append(f"{text} ({', '.join(details)})" if details else text)
+    limiter = status.get("rate_limiter")
+    if isinstance(limiter, dict):
+        queued = limiter.get("waiting", 0)
+        parts.append(
+            f"limiter admitted {_text(limiter.get('admitted'))} "
+            f"rejected {_text(limiter.get('rejected'))} queued {_text(queued)}"
+        )
+    bulkhead = status.get("bulkhead")
+    if isinstance(bulkhead, dict):
+        parts.append(
+            f"bulkhead {_text(bulkhead.get('in_use'))}/{_text(bulkhead.get('max_concurrent'))} "
+            f"in use, {_text(bulkhead.get('queued'))} queued, "
+            f"{_text(bulkhead.get('rejected'))} rejected"
+        )
+    others = [stage for stage in STAGE_ORDER if stage in status and stage not in _SUMMARISED]
+    if others:
+        parts.append(f"stages {', '.join(others)}")
+    return "; ".join(parts) if parts else "no stages reported"
+
+
+_SUMMARISED = ("circuit_breaker", "rate_limiter", "bulkhead")
+
+
+def _status_parts(
+    data: dict[str, Any],
+) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]], str]:
+    """(tree, pipelines, heading) from a status document (tolerant of what is missing)."""
+    tree = data.get("tree")
+    if not isinstance(tree, dict) and "children" in data:
+        tree = data  # a bare rt.tree()
+    raw = data.get("pipelines")
+    pipelines = (
+        {str(name): value for name, value in raw.items() if isinstance(value, dict)}
+        if isinstance(raw, dict)
+        else {}
+    )
+    runtime = data.get("runtime")
+    heading = ""
+    if isinstance(runtime, dict):
+        heading = f"runtime {_text(runtime.get('name'))}: {_text(runtime.get('state'))}"
+        if data.get("draining"):
+            heading += " (draining)"
+    return (tree if isinstance(tree, dict) else None), pipelines, heading
+
+
+def _status(url_text: str) -> int:
+    url = status_url(url_text)
+    data, problem = _fetch_status(url)
+    if data is None:
+        print(f"garrison status: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    tree, pipelines, heading = _status_parts(data)
+    if use_rich():
+        _print_status_rich(url, heading, tree, pipelines)
+    else:
+        _print_status_plain(url, heading, tree, pipelines)
+    return EXIT_OK
+
+
+def _print_status_plain(
+    url: str,
+    heading: str,
+    tree: dict[str, Any] | None,
+    pipelines: dict[str, dict[str, Any]],
+) -> None:
+    out = [f"{url}: {heading}" if heading else url, "", "supervision tree:"]
+    if tree is None:
+        out.append("  (not reported)")
+    else:
+        out.extend(f"  {line}" for line in status_tree_lines(tree))
+    out.append("")
+    out.append("pipelines:")
+    if not pipelines:
+        out.append("  (none)")
+    for name, status in pipelines.items():
+        out.append(f"  {name}: {pipeline_summary(status)}")
+    print("\n".join(out))
+
+
+def _print_status_rich(
+    url: str,
+    heading: str,
+    tree: dict[str, Any] | None,
+    pipelines: dict[str, dict[str, Any]],
+) -> None:
+    from rich.console import Console  # noqa: PLC0415 (the cli extra)
+    from rich.markup import escape  # noqa: PLC0415
+    from rich.tree import Tree  # noqa: PLC0415
+
+    console = Console()
+    console.print(f"[bold]{escape(url)}[/]" + (f": {escape(heading)}" if heading else ""))
+    if tree is None:
+        console.print("[dim]supervision tree not reported[/]")
+    else:
+
+        def label(node: dict[str, Any]) -> str:
+            state = _text(node.get("state", "?"))
+            colour = "green" if state == "running" else "yellow"
+            text = escape(_node_label(node))
+            return text.replace(escape(state), f"[{colour}]{escape(state)}[/]", 1)
+
+        root = Tree(label(tree), guide_style="dim")
+
+        def walk(node: dict[str, Any], branch: Tree) -> None:
+            for child in _node_children(node):
+                walk(child, branch.add(label(child)))
+
+        walk(tree, root)
+        console.print(root)
+    console.print("[bold]pipelines[/]")
+    if not pipelines:
+        console.print("  [dim](none)[/]")
+    for name, status in pipelines.items():
+        console.print(f"  [cyan]{escape(name)}[/]: {escape(pipeline_summary(status))}")
+
+
 # -- entry point ----------------------------------------------------------------------------
 
 
@@ -382,6 +602,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-plot", action="store_true", help="do not write timeline.png")
     demo.add_argument("--seed", type=int, default=7, help=argparse.SUPPRESS)
+    status = commands.add_parser(
+        "status",
+        help="show a running daemon's supervision tree and pipelines",
+        description=(
+            "Read a running daemon's JSON status endpoint (examples/daemon.py serves one) and "
+            "show its supervision tree (each node's state and restarts) and one line per "
+            "pipeline (breaker state, limiter counters, bulkhead occupancy). A URL without a "
+            "path means /status. Exit 0, or 2 when the daemon cannot be reached or does not "
+            "answer 200."
+        ),
+    )
+    status.add_argument("url", metavar="URL", help="e.g. http://127.0.0.1:8080")
     return parser
 
 
@@ -398,6 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.config)
     if command == "demo":
         return _demo(args)
+    if command == "status":
+        return _status(args.url)
     parser.print_help(sys.stderr)
     return EXIT_INVALID
 
