@@ -44,7 +44,7 @@ class Future(pykka.Future[T], Generic[T]):
     ``await fut`` waits inside asyncio without blocking the event loop.
     """
 
-    __slots__ = ("_callbacks", "_error", "_lock", "_state", "_tb", "_value", "_waiter")
+    __slots__ = ("_callbacks", "_error", "_lock", "_state", "_tb", "_value", "_waiter", "meta")
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,6 +53,9 @@ class Future(pykka.Future[T], Generic[T]):
         self._value: Any = None
         self._error: BaseException | None = None
         self._tb: Any = None
+        self.meta: dict[str, Any] | None = None
+        """Facts stages record about the operation (attempts, fallback, circuit state) when
+        the caller asked for them; shared by every future of one operation, else None."""
         self._waiter: threading.Event | None = None
         self._callbacks: list[Callable[[Future[T]], object]] | None = None
 

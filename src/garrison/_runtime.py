@@ -229,6 +229,7 @@ class Runtime:
         fallback: object = None,
         max_restarts: int = 10,
         within_seconds: float = 10.0,
+        monitor: bool = False,
     ) -> Pipeline:
         """The pipeline ``name``: built with these stages, or from the configuration.
 
@@ -238,7 +239,10 @@ class Runtime:
         Stages run in the fixed order fallback, retry, circuit breaker, rate limiter,
         timeout, bulkhead (see :mod:`garrison.pipeline`). ``max_restarts`` within
         ``within_seconds`` is the restart intensity of the pipeline's supervisor (past it,
-        the root supervisor rebuilds the whole pipeline).
+        the root supervisor rebuilds the whole pipeline). With ``monitor=True`` every
+        operation sent through ``call``/``submit``/``acall`` logs the seed's reliability
+        metric (``garrison.reliability_metric``: status, response_time, attempts,
+        circuit_state, fallback).
         """
         stages: dict[str, Any] = {
             key: value
@@ -252,15 +256,24 @@ class Runtime:
             if value is not None
         }
         with self._building:
-            return self._pipeline(name, stages, fallback, max_restarts, within_seconds)
+            return self._pipeline(
+                name,
+                stages,
+                fallback=fallback,
+                max_restarts=max_restarts,
+                within_seconds=within_seconds,
+                monitor=monitor,
+            )
 
     def _pipeline(
         self,
         name: str,
         stages: dict[str, Any],
+        *,
         fallback: object,
         max_restarts: int,
         within_seconds: float,
+        monitor: bool,
     ) -> Pipeline:
         with self._lock:
             existing = self._pipelines.get(name)
@@ -276,6 +289,7 @@ class Runtime:
             fallback=fallback,
             max_restarts=max_restarts,
             within_seconds=within_seconds,
+            monitor=monitor,
             **stages,
         )
         with self._lock:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Coroutine, Hashable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from garrison._clock import Clock
+from garrison._clock import Clock, SystemClock
 from garrison._dead_letters import DeadLetters
 from garrison._future import Future
 from garrison._loop import EventLoopThread
@@ -43,7 +43,17 @@ from garrison.actors.fallback import NO_VALUE, FallbackActor
 from garrison.actors.limiter import RateLimiterActor
 from garrison.actors.retry import RetryActor
 from garrison.actors.timeout import TimeoutSupervisor
-from garrison.errors import ConfigError
+from garrison.errors import (
+    BulkheadFull,
+    CircuitOpen,
+    ConfigError,
+    OperationTimeout,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+    RetriesExhausted,
+)
+from garrison.observability.events import emit
 from garrison.policies.backoff import RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
@@ -148,7 +158,16 @@ class PipelineView:
 
     def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Send ``fn(*args, **kwargs)`` through the pipeline; return the future of its outcome."""
-        return self._pipeline.ref.ask_future(self.execute(fn, *args, **kwargs))
+        pipeline = self._pipeline
+        message = self.execute(fn, *args, **kwargs)
+        if not pipeline.monitor:
+            return pipeline.ref.ask_future(message)
+        future: Future[R] = Future()
+        future.meta = {}
+        started = pipeline.clock.monotonic()
+        future.add_done_callback(lambda done: pipeline.report(message, done, started))
+        pipeline.ref.forward(message, future)
+        return future
 
     @overload
     def call(
@@ -233,12 +252,49 @@ class Pipeline(PipelineView):
     ``stages`` maps each stage present to its Ref, ``status()`` asks each of them.
     """
 
-    def __init__(self, name: str, supervisor: SupervisorRef, stages: dict[str, Ref]) -> None:
+    def __init__(
+        self,
+        name: str,
+        supervisor: SupervisorRef,
+        stages: dict[str, Ref],
+        *,
+        clock: Clock | None = None,
+        monitor: bool = False,
+    ) -> None:
         super().__init__(self, _Options())
         self.name = name
         self.supervisor = supervisor
         self.stages = stages
         self.ref = next(stages[stage] for stage in STAGE_ORDER if stage in stages)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.monitor = monitor
+
+    def report(self, message: Execute, done: Future[Any], started: float) -> None:
+        """Log the seed's per-operation reliability metric (``monitor=True``)."""
+        meta = done.meta or {}
+        error = done.exception(0)
+        if error is None:
+            status = "fallback" if "fallback" in meta else "success"
+        else:
+            cause = error
+            if isinstance(error, RetriesExhausted) and error.last_error is not None:
+                cause = error.last_error  # what stopped the last attempt says the most
+            status = "error"
+            for kind, name in _STATUS_BY_KIND:
+                if isinstance(cause, kind):
+                    status = name
+                    break
+        emit(
+            "garrison.reliability_metric",
+            operation=message.name,
+            pipeline=self.name,
+            status=status,
+            response_time=round(self.clock.monotonic() - started, 6),
+            attempts=meta.get("attempts", 1),
+            circuit_state=meta.get("circuit_state", "unknown"),
+            fallback=meta.get("fallback"),
+            error=error,
+        )
 
     def status(self, timeout: float | None = 5.0) -> dict[str, dict[str, Any]]:
         """One entry per stage present (``fallback`` ... ``bulkhead``), each a plain dict."""
@@ -350,6 +406,7 @@ def build_pipeline(
     fallback: object = None,
     max_restarts: int = 10,
     within_seconds: float = 10.0,
+    monitor: bool = False,
 ) -> Pipeline:
     """Start a pipeline's supervisor (which builds the stages) under the runtime's root."""
     if not isinstance(name, str) or not name or "/" in name:
@@ -386,7 +443,7 @@ def build_pipeline(
         except BaseException:
             runtime.supervisor.terminate_child(f"pipeline:{name}")
             raise
-    return Pipeline(name, supervisor, refs)
+    return Pipeline(name, supervisor, refs, clock=runtime.clock, monitor=monitor)
 
 
 def _configured(stages: PipelineStages, stage: str) -> bool:
@@ -394,6 +451,16 @@ def _configured(stages: PipelineStages, stage: str) -> bool:
         return True  # always present: the default pool when not configured
     attribute = "rate_limit" if stage == "rate_limiter" else stage
     return getattr(stages, attribute) is not None
+
+
+_STATUS_BY_KIND: tuple[tuple[type[BaseException], str], ...] = (
+    (CircuitOpen, "circuit_open"),
+    (RateLimited, "rate_limited"),
+    (QueueFull, "rate_limited"),
+    (QueueTimeout, "rate_limited"),
+    (BulkheadFull, "rejected"),
+    (OperationTimeout, "timeout"),
+)
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

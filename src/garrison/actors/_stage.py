@@ -150,6 +150,7 @@ class Stage(Actor):
         never lost.
         """
         inner: Future[Any] = Future()
+        inner.meta = reply.meta
         mailbox = self.mailbox
 
         def report(done: Future[Any]) -> None:

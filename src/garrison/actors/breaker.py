@@ -205,6 +205,9 @@ class CircuitBreakerActor(Stage):
         policy = self.policy
         now = self.clock.monotonic()
         decision = policy.before_call(now)
+        meta = reply.meta
+        if meta is not None:
+            meta["circuit_state"] = policy.state if isinstance(decision, Permit) else decision.state
         if isinstance(decision, Permit):
             self.pass_on_observed(message, reply, (decision, now))
             if decision.probe:
@@ -222,6 +225,8 @@ class CircuitBreakerActor(Stage):
         now = self.clock.monotonic()
         error = outcome.exception(0)
         self._record(permit, error is None, now - started_at, error, now)
+        if reply.meta is not None:
+            reply.meta["circuit_state"] = self.policy.state
         copy_outcome(outcome, reply)
 
     def handle_other(self, message: Any) -> Any:

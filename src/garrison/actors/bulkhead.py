@@ -318,6 +318,7 @@ class BulkheadActor(Stage):
     def _start(self, message: Execute, reply: Future[Any]) -> None:
         self._in_flight += 1
         inner: Future[Any] = Future()
+        inner.meta = reply.meta
         record = _Running(message, inner)
         self._running[reply] = record
         mailbox = self.mailbox

@@ -215,17 +215,24 @@ class FallbackActor(Stage):
             reply.try_set_exception(error)
             return "passed_through"
         cache = self._cache
+        meta = reply.meta
         if cache is not None and message.name in cache:
             cache.move_to_end(message.name)
             self._used["cache"] += 1
+            if meta is not None:
+                meta["fallback"] = "cache"
             reply.try_set_result(cache[message.name])
             return "cache"
         if self.value is not NO_VALUE:
             self._used["value"] += 1
+            if meta is not None:
+                meta["fallback"] = "value"
             reply.try_set_result(self.value)
             return "value"
         if self.fallback is not None:
             self._used["callable"] += 1
+            if meta is not None:
+                meta["fallback"] = "callable"
             self._call_fallback(self.fallback, error, message, reply)
             return "callable"
         self._reraised += 1

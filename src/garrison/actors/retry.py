@@ -232,6 +232,9 @@ class RetryActor(Stage):
 
     def _attempt(self, operation: _Operation) -> None:
         self._attempts += 1
+        meta = operation.reply.meta
+        if meta is not None:
+            meta["attempts"] = operation.attempt
         self._in_flight[operation.id] = operation
         self.pass_on_observed(
             operation.message,

@@ -159,6 +159,7 @@ class TimeoutSupervisor(Stage):
         timeout = message.timeout if message.timeout is not None else self.policy.current()
         token = next(self._tokens)
         inner: Future[Any] = Future()
+        inner.meta = reply.meta
         pending = _Pending(message, reply, inner, self.clock.monotonic(), timeout)
         self._pending[token] = pending
         mailbox = self.mailbox
