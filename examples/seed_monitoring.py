@@ -6,15 +6,16 @@ delays, for the test suite; the run takes about a second). The example configure
 shipper. A pipeline in front of a flaky local service then produces the seed's signals:
 ``garrison.retry.multiple_retries`` (the seed's "WARNING: Multiple retries"),
 ``garrison.breaker.opened`` with ``alert: true`` (its "ALERT: Circuit breaker open"), and one
-``reliability_metric`` line per operation, logged by the example in the seed's shape. Last,
-it scrapes the runtime's Prometheus metrics once.
+``garrison.reliability_metric`` line per operation (the seed's ``RELIABILITY_METRIC``: the
+pipeline is built with ``monitor=True``). Last, it scrapes the runtime's Prometheus metrics
+once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
-import time
 
 import structlog
 from prometheus_client import generate_latest
@@ -22,7 +23,7 @@ from prometheus_client import generate_latest
 from garrison import CircuitBreakerConfig, CircuitOpen, RetriesExhausted, RetryConfig, Runtime
 from garrison.observability.metrics import register
 
-SHOWN = ("garrison.breaker.", "garrison.retry.", "reliability_metric")
+SHOWN = ("garrison.breaker.", "garrison.retry.", "garrison.reliability_metric")
 
 
 def only_reliability_events(_logger: object, _method: str, event: dict) -> dict:
@@ -47,24 +48,10 @@ class FlakyService:
         return {"item": item}
 
 
-def monitored_call(api, service: FlakyService, item: int, log) -> None:
-    """The seed's ``monitor_reliability_metrics``, around one pipeline call."""
-    before, t0 = service.calls, time.perf_counter()
-    try:
+def call(api, service: FlakyService, item: int) -> None:
+    """One call; its reliability metric is logged by the pipeline (monitor=True)."""
+    with contextlib.suppress(CircuitOpen, RetriesExhausted):
         api.call(service.fetch, item)
-        status = "success"
-    except CircuitOpen:
-        status = "circuit_open"
-    except RetriesExhausted:
-        status = "error"
-    log.info(
-        "reliability_metric",
-        operation="fetch",
-        status=status,
-        response_time=round(time.perf_counter() - t0, 4),
-        attempts=service.calls - before,
-        circuit_state=api.status()["circuit_breaker"]["state"],
-    )
 
 
 def main() -> None:
@@ -80,21 +67,21 @@ def main() -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(20),  # info and up
     )
-    log = structlog.get_logger("example")
     service = FlakyService()
     with Runtime(name="monitoring") as rt:
         api = rt.pipeline(
             "fetch",
             retry=RetryConfig(max_attempts=3, base_delay=delay, max_delay=delay * 4),
             circuit_breaker=CircuitBreakerConfig(failure_threshold=4, recovery_timeout=30),
+            monitor=True,  # one garrison.reliability_metric event per operation
         )
         print("# a healthy call, a call that needs 3 attempts, then an outage:", flush=True)
-        monitored_call(api, service, 1, log)
+        call(api, service, 1)
         service.failures_left = 2
-        monitored_call(api, service, 2, log)
+        call(api, service, 2)
         service.failures_left = 100
         for item in (3, 4):
-            monitored_call(api, service, item, log)
+            call(api, service, item)
 
         collector = register(rt)
         lines = generate_latest(collector.registry).decode().splitlines()

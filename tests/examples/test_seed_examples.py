@@ -37,7 +37,12 @@ EXPECTED: dict[str, list[str]] = {
     "seed_bulkheads.py": ["3 rejected", "3 refused at once", "at most 3 queries ran"],
     "seed_adaptive_timeouts.py": ["mean", "CUT OFF", "not learned from"],
     "seed_reliability_config.py": ["a typo is refused", "breaker opens after 3 failures", "open"],
-    "seed_monitoring.py": ['"alert": true', "garrison.retry.multiple_retries", "garrison_retry_"],
+    "seed_monitoring.py": [
+        '"alert": true',
+        "garrison.retry.multiple_retries",
+        "garrison.reliability_metric",
+        "garrison_retry_",
+    ],
     "seed_fallbacks.py": ["'used_fallback': True", "Both primary and fallback failed", "re-raised"],
 }
 
