@@ -353,6 +353,7 @@ def test_the_collector_reports_what_the_stages_report(world):
     # supervision: the root restarted crashy once; nothing else was restarted
     assert value(samples, "garrison_supervisor_restarts_total", supervisor="rt") == 1
     assert value(samples, "garrison_supervisor_restarts_total", supervisor="rt/pipeline:api") == 0
+    assert value(samples, "garrison_supervisor_give_ups_total", path="rt/pipeline:api") == 0
     assert value(samples, "garrison_actor_restarts_total", path="rt/crashy") == 1
     assert value(samples, "garrison_actor_up", path="rt/crashy") == 1
     assert value(samples, "garrison_actor_restarts_total", path="rt/pipeline:api/retry") == 0

@@ -150,6 +150,8 @@ Supervision (the runtime's tree: its root supervisor and everything below it)
   restarted.
 - ``garrison_actor_up{path}`` (gauge): 1 while the child at ``path`` is running, 0 while it is
   restarting or stopped.
+- ``garrison_supervisor_give_ups_total{path}`` (counter): how often the nested supervisor at
+  ``path`` gave up (more restarts than its intensity allows) and was escalated to its parent.
 """
 
 from __future__ import annotations
@@ -437,6 +439,11 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
         ("path",),
         "1 while a supervised actor is running, else 0.",
     ),
+    "garrison_supervisor_give_ups_total": (
+        "counter",
+        ("path",),
+        "How often a nested supervisor gave up and escalated to its parent.",
+    ),
 }
 """Every metric: name -> (type, label names, help). The module docstring explains each."""
 
@@ -589,6 +596,9 @@ _CONVERTERS: Final[dict[str, Callable[[_Sink, str, Mapping[str, Any]], None]]] =
 }
 
 
+_SUPERVISOR_CLASSES = frozenset({"Supervisor", "PipelineSupervisor"})
+
+
 def _tree(out: _Sink, tree: Mapping[str, Any]) -> None:
     root = str(tree.get("path") or tree.get("name"))
     out.add("garrison_supervisor_restarts_total", (root,), tree.get("restarts"))
@@ -604,6 +614,9 @@ def _children(out: _Sink, parent: str, children: object) -> None:
         path = f"{parent}/{child.get('name')}"
         out.add("garrison_actor_restarts_total", (path,), child.get("restarts"))
         out.add("garrison_actor_up", (path,), int(child.get("state") == "running"))
+        # supervisors (by class, or any child that ever gave up: a user's subclass)
+        if child.get("actor_class") in _SUPERVISOR_CLASSES or child.get("give_ups"):
+            out.add("garrison_supervisor_give_ups_total", (path,), child.get("give_ups"))
         if "restarts_of_children" in child:  # a running supervisor
             out.add("garrison_supervisor_restarts_total", (path,), child["restarts_of_children"])
         _children(out, path, child.get("children"))
