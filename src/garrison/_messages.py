@@ -72,20 +72,23 @@ class Execute:
     cost: int = 1
 
     def __post_init__(self) -> None:
+        # Exact-type checks first: the common case costs a few comparisons, not ABC lookups.
         if not callable(self.fn):
             raise TypeError(f"Execute.fn must be callable, got {type(self.fn).__name__}")
         args: object = self.args
-        if isinstance(args, list):
-            object.__setattr__(self, "args", tuple(args))
-        elif not isinstance(args, tuple):
-            raise TypeError(f"Execute.args must be a tuple, got {type(args).__name__}")
-        if not isinstance(self.kwargs, Mapping):
-            raise TypeError(f"Execute.kwargs must be a mapping, got {type(self.kwargs).__name__}")
-        for kwarg in self.kwargs:
-            if not isinstance(kwarg, str):
-                raise TypeError(f"Execute.kwargs keys must be strings, got {kwarg!r}")
-        if self.kwargs is not _EMPTY:
-            object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if type(args) is not tuple:
+            if isinstance(args, list):
+                object.__setattr__(self, "args", tuple(args))
+            elif not isinstance(args, tuple):
+                raise TypeError(f"Execute.args must be a tuple, got {type(args).__name__}")
+        kwargs: object = self.kwargs
+        if kwargs is not _EMPTY:
+            if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
+                raise TypeError(f"Execute.kwargs must be a mapping, got {type(kwargs).__name__}")
+            for kwarg in kwargs:
+                if type(kwarg) is not str:
+                    raise TypeError(f"Execute.kwargs keys must be strings, got {kwarg!r}")
+            object.__setattr__(self, "kwargs", MappingProxyType(dict(kwargs)))
         if self.key is not None:
             try:
                 hash(self.key)
@@ -94,7 +97,7 @@ class Execute:
                     f"Execute.key must be hashable, got {type(self.key).__name__}"
                 ) from None
         priority: object = self.priority
-        if not isinstance(priority, Priority):
+        if type(priority) is not Priority:
             if not isinstance(priority, str | int):
                 raise ValueError(
                     f"priority must be one of 'high', 'normal', 'low', got {priority!r}"
@@ -108,12 +111,12 @@ class Execute:
                 raise ValueError(f"Execute.timeout must be > 0 and finite, got {timeout!r}")
             object.__setattr__(self, "timeout", float(timeout))
         cost: object = self.cost
-        if isinstance(cost, bool) or not isinstance(cost, int):
+        if type(cost) is not int and (isinstance(cost, bool) or not isinstance(cost, int)):
             raise TypeError(f"Execute.cost must be an int, got {cost!r}")
         if self.cost < 1:
             raise ValueError(f"Execute.cost must be >= 1, got {self.cost}")
         name: object = self.name
-        if not isinstance(name, str):
+        if type(name) is not str and not isinstance(name, str):
             raise TypeError(f"Execute.name must be a string, got {type(name).__name__}")
         if not self.name:
             object.__setattr__(self, "name", _name_of(self.fn))
