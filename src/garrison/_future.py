@@ -56,7 +56,9 @@ class Future(pykka.Future[T], Generic[T]):
         self.meta: dict[str, Any] | None = None
         """Facts stages record about the operation (attempts, fallback, circuit state) when
         the caller asked for them; shared by every future of one operation, else None."""
-        self._waiter: threading.Event | None = None
+        # Waiters block on a lock that is created held and released on completion (cheaper
+        # than an Event); each waiter that gets it releases it again for the next.
+        self._waiter: threading.Lock | None = None
         self._callbacks: list[Callable[[Future[T]], object]] | None = None
 
     def __repr__(self) -> str:
@@ -109,7 +111,7 @@ class Future(pykka.Future[T], Generic[T]):
             callbacks = self._callbacks
             self._callbacks = None
         if waiter is not None:
-            waiter.set()
+            waiter.release()
         if callbacks:
             for callback in callbacks:
                 self._run_callback(callback)
@@ -153,9 +155,13 @@ class Future(pykka.Future[T], Generic[T]):
             if self._state != _PENDING:
                 return True
             if self._waiter is None:
-                self._waiter = threading.Event()
+                self._waiter = threading.Lock()
+                self._waiter.acquire()
             waiter = self._waiter
-        return waiter.wait(timeout)
+        if waiter.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            waiter.release()
+            return True
+        return self._state != _PENDING
 
     def add_done_callback(self, callback: Callable[[Future[T]], object]) -> None:
         """Call ``callback(future)`` once the future completes (at once if it has).
