@@ -7,7 +7,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import pykka
 
@@ -26,6 +26,9 @@ from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
 from garrison.policies.timeouts import TimeoutConfig
 from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
+
+if TYPE_CHECKING:
+    from garrison.http import HttpClient
 
 __all__ = ["Runtime"]
 
@@ -72,6 +75,7 @@ class Runtime:
         self._breakers: CircuitBreakerManager | None = None
         self._pipelines: dict[str, Pipeline] = {}
         self._building = threading.Lock()  # one pipeline build at a time
+        self._http_clients: list[HttpClient] = []
         self.config: ReliabilityConfig | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -142,6 +146,10 @@ class Runtime:
             root = self._root
         if root is not None:
             root.stop(timeout)
+        with self._lock:
+            clients, self._http_clients = self._http_clients, []
+        for client in clients:
+            client.close()  # after the pipelines: nothing uses their connections any more
         self.scheduler.stop()
         self.loop.stop(timeout)
         emit("garrison.runtime.stopped", runtime=self.name)
@@ -295,6 +303,25 @@ class Runtime:
         with self._lock:
             self._pipelines[name] = built
         return built
+
+    def http_client(self, name: str, base_url: str, **options: Any) -> HttpClient:
+        """An HTTP client whose requests go through the pipeline ``http:<name>``.
+
+        Options are those of :func:`garrison.http.build_http_client`: ``rate_limit``,
+        ``retry``, ``circuit_breaker``, ``timeout``, ``bulkhead``, ``headers``,
+        ``retry_on_rate_limit``, ``count_4xx_as_failures``, ``count_503_as_failures``,
+        ``http_timeout``, ``monitor`` and the seed's RateLimitedAPINode options
+        (``rate_limit_per_second``, ``max_retries``, ...). Its connection pool is closed when
+        the runtime stops. Needs the ``http`` extra (httpx).
+        """
+        from garrison.http import build_http_client  # noqa: PLC0415  (httpx is optional)
+
+        if self._state != "running":
+            raise RuntimeError(f"runtime {self.name!r} is {self._state}; start it first")
+        client = build_http_client(self, name, base_url, **options)
+        with self._lock:
+            self._http_clients.append(client)
+        return client
 
     def pipelines(self) -> dict[str, Pipeline]:
         """The pipelines built so far, by name."""
