@@ -304,8 +304,11 @@ class Runtime:
             self._pipelines[name] = built
         return built
 
-    def http_client(self, name: str, base_url: str, **options: Any) -> HttpClient:
+    def http_client(self, name: str, base_url: str | None = None, **options: Any) -> HttpClient:
         """An HTTP client whose requests go through the pipeline ``http:<name>``.
+
+        Options (``base_url`` included) default to the ``http.<name>`` section of the
+        runtime's configuration, if it has one; arguments given here override them.
 
         Options are those of :func:`garrison.http.build_http_client`: ``rate_limit``,
         ``retry``, ``circuit_breaker``, ``timeout``, ``bulkhead``, ``headers``,
@@ -318,6 +321,12 @@ class Runtime:
 
         if self._state != "running":
             raise RuntimeError(f"runtime {self.name!r} is {self._state}; start it first")
+        if self.config is not None and name in self.config.http:
+            options = {**self.config.http[name], **options}
+        configured = options.pop("base_url", None)
+        base_url = base_url if base_url is not None else configured
+        if not isinstance(base_url, str):
+            raise ValueError(f"http client {name!r} needs a base_url (argument or http.{name})")
         client = build_http_client(self, name, base_url, **options)
         with self._lock:
             self._http_clients.append(client)

@@ -98,6 +98,8 @@ class ReliabilityConfig:
     defaults: ServiceConfig = field(default_factory=ServiceConfig)
     services: Mapping[str, ServiceConfig] = field(default_factory=dict)
     runtime: Mapping[str, Any] = field(default_factory=dict)
+    http: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """``http.<name>`` sections: the options of ``rt.http_client(name)`` (validated)."""
 
     def service(self, name: str) -> ServiceConfig:
         """The stages of ``name``: its own section, or the defaults if it has none."""
@@ -125,6 +127,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ReliabilityConfig:
     raw_defaults: dict[str, Mapping[str, Any]] = {}
     services_raw: Mapping[str, Any] = {}
     runtime: dict[str, Any] = {}
+    http: dict[str, Mapping[str, Any]] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key in _SECTIONS:
@@ -135,8 +138,10 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ReliabilityConfig:
             services_raw = value
         elif key == "runtime":
             runtime = _runtime(path, value)
+        elif key == "http":
+            http = _http(path, value)
         else:
-            known = sorted([*_SECTIONS, "services", "runtime"])
+            known = sorted([*_SECTIONS, "services", "runtime", "http"])
             raise ConfigError(path, f"unknown section; known: {', '.join(known)}")
     _check_one_name_per_stage(prefix.rstrip("."), raw_defaults)
     defaults = _service(prefix.rstrip("."), raw_defaults, {})
@@ -156,7 +161,7 @@ def load_config(source: str | Path | Mapping[str, Any]) -> ReliabilityConfig:
             overrides[key] = _section(f"{path}.{key}", value)
         _check_one_name_per_stage(path, overrides)
         services[name] = _service(path, raw_defaults, overrides)
-    return ReliabilityConfig(defaults=defaults, services=services, runtime=runtime)
+    return ReliabilityConfig(defaults=defaults, services=services, runtime=runtime, http=http)
 
 
 def _read(path: Path) -> Any:
@@ -218,6 +223,30 @@ def _runtime(path: str, value: object) -> dict[str, Any]:
         ):
             raise ConfigError(where, f"must be a number > 0, got {setting!r}")
     return dict(section)
+
+
+def _http(path: str, value: object) -> dict[str, Mapping[str, Any]]:
+    """``http.<name>`` sections, validated as the HTTP client would (needs the http extra)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(path, "must be a mapping of client names to options")
+    try:
+        from garrison.http import HttpClientConfig  # noqa: PLC0415 (httpx is optional)
+    except ImportError:
+        raise ConfigError(
+            path, "HTTP clients need the http extra: pip install 'garrison[http]'"
+        ) from None
+    clients: dict[str, Mapping[str, Any]] = {}
+    for name, options in value.items():
+        where = f"{path}.{name}"
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(where, "a client name must be a non-empty string without '/'")
+        section = _section(where, options)
+        try:
+            HttpClientConfig.from_seed(section)
+        except ConfigError as error:
+            raise error.under(where) from None
+        clients[name] = dict(section)
+    return clients
 
 
 def _canonical(stage: str, section: Mapping[str, Any]) -> dict[str, Any]:

@@ -615,3 +615,29 @@ def test_rt_http_client_builds_one_and_the_runtime_closes_it(server):
         assert api.get("/ok").status_code == 200
         assert runtime.breakers.get("http:api_client") is not None
     assert api.closed
+
+
+def test_http_sections_of_a_config_file_configure_rt_http_client(server):
+    config = {
+        "http": {
+            "api_client": {
+                "base_url": server.url,
+                "rate_limit_per_second": 10,
+                "rate_limit_per_minute": 100,
+                "max_retries": 2,
+                "retry_delay": 0.01,
+            }
+        }
+    }
+    with Runtime.from_config(config, name="rt-config") as runtime:
+        api = runtime.http_client("api_client")
+        assert api.get("/ok").status_code == 200
+        stages = api.status()
+        assert stages["rate_limiter"]["limits"] == {"1s": 10, "1m": 100}
+        assert stages["retry"]["config"]["max_attempts"] == 3
+
+
+def test_a_bad_http_section_is_a_config_error_with_its_path():
+    with pytest.raises(ConfigError) as info:
+        Runtime.from_config({"http": {"api_client": {"base_url": "x", "rate_limit_per_secnd": 1}}})
+    assert info.value.key.startswith("http.api_client.")
