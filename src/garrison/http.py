@@ -153,6 +153,31 @@ class HttpStatusError(GarrisonError):
         """The HTTP status code (``status_code``)."""
         return self.status_code
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # The response is rebuilt from its status, headers, body and request line, so the
+        # error can cross a process boundary (a multiprocessing pool, a pickled log record).
+        response, request = self.response, self.response.request
+        state = (
+            response.status_code,
+            list(response.headers.raw),
+            response.content,
+            request.method,
+            str(request.url),
+        )
+        return (_rebuild_http_error, (type(self), state, self.retry_after))
+
+
+def _rebuild_http_error(
+    cls: type[HttpStatusError],
+    state: tuple[int, list[tuple[bytes, bytes]], bytes, str, str],
+    retry_after: float | None,
+) -> HttpStatusError:
+    status_code, headers, content, method, url = state
+    response = httpx.Response(
+        status_code, headers=headers, content=content, request=httpx.Request(method, url)
+    )
+    return cls(response, retry_after=retry_after)
+
 
 class HttpClientError(HttpStatusError):
     """A 4xx answer other than 429: the request was refused. Not a breaker failure by default."""

@@ -641,3 +641,21 @@ def test_a_bad_http_section_is_a_config_error_with_its_path():
     with pytest.raises(ConfigError) as info:
         Runtime.from_config({"http": {"api_client": {"base_url": "x", "rate_limit_per_secnd": 1}}})
     assert info.value.key.startswith("http.api_client.")
+
+
+def test_http_errors_pickle_with_their_response():
+    import pickle  # noqa: PLC0415
+
+    from garrison.http import ServiceUnavailable  # noqa: PLC0415
+
+    request = httpx.Request("GET", "http://127.0.0.1:9/data")
+    response = httpx.Response(503, headers={"Retry-After": "2"}, content=b"down", request=request)
+    error = pickle.loads(pickle.dumps(ServiceUnavailable(response, retry_after=2.0)))
+    assert isinstance(error, ServiceUnavailable)
+    assert (error.status_code, error.retry_after) == (503, 2.0)
+    assert error.response.text == "down"
+    assert error.response.headers["retry-after"] == "2"
+    assert (
+        str(error)
+        == "GET http://127.0.0.1:9/data answered 503 Service Unavailable; retry after 2.000s"
+    )
