@@ -7,7 +7,6 @@ import functools
 import inspect
 import itertools
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,23 +33,6 @@ from garrison import (
 )
 from garrison.pipeline import STAGE_ORDER
 from garrison.testing import ManualClock
-
-
-@pytest.fixture
-def manual_clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def clock(manual_clock: ManualClock) -> ManualClock:
-    """The runtime's ManualClock, for tests whose outcome depends on moving it."""
-    return manual_clock
-
-
-@pytest.fixture
-def rt(manual_clock: ManualClock) -> Iterator[Runtime]:
-    with Runtime(name="rt", clock=manual_clock) as runtime:
-        yield runtime
 
 
 class Gate:
@@ -261,8 +243,8 @@ _SUBSETS = [
 
 
 @pytest.mark.parametrize("subset", _SUBSETS, ids=lambda s: "+".join(s) or "nothing")
-def test_any_stage_may_be_left_out_and_status_has_one_entry_per_stage(manual_clock, subset):
-    with Runtime(clock=manual_clock) as rt:
+def test_any_stage_may_be_left_out_and_status_has_one_entry_per_stage(clock, subset):
+    with Runtime(clock=clock) as rt:
         api = rt.pipeline("api", **{key: _OPTIONAL[key][1] for key in subset})
         # operations always run on a pool: the default one when no bulkhead is configured
         present = {_OPTIONAL[key][0] for key in subset} | {"bulkhead"}

@@ -30,28 +30,10 @@ from garrison import (
     RateLimitConfig,
     RetriesExhausted,
     RetryConfig,
-    Runtime,
     TimeoutConfig,
 )
 from garrison.pipeline import STAGE_ORDER
 from garrison.testing import ManualClock
-
-
-@pytest.fixture
-def manual_clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def clock(manual_clock: ManualClock) -> ManualClock:
-    """The runtime's ManualClock, for tests whose outcome depends on moving it."""
-    return manual_clock
-
-
-@pytest.fixture
-def rt(manual_clock: ManualClock) -> Iterator[Runtime]:
-    with Runtime(name="rt", clock=manual_clock) as runtime:
-        yield runtime
 
 
 class Events:
