@@ -20,7 +20,8 @@ What it changes in pykka's receive loop:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import pykka
@@ -31,7 +32,7 @@ from garrison._future import Future
 from garrison._mailbox import Mailbox
 from garrison.observability.events import emit
 
-__all__ = ["Actor", "ExitListener", "Ping", "SafeLoop"]
+__all__ = ["Actor", "ExitListener", "Ping", "SafeLoop", "hosted_inbox"]
 
 ExitListener = Callable[["SafeLoop", BaseException | None], object]
 """Called in an actor's own thread when it ends: with the error for a crash, None for a stop.
@@ -62,6 +63,23 @@ _PYKKA_MESSAGES = frozenset(
 )
 
 
+_HOSTING = threading.local()
+
+
+@contextmanager
+def hosted_inbox(inbox: Mailbox) -> Iterator[None]:
+    """Give the next garrison actor constructed in this thread ``inbox`` as its inbox.
+
+    A :class:`~garrison.actors._host.StageHost` builds its stages this way: objects of the
+    usual stage classes whose inbox hands messages to the host instead of a thread of their own.
+    """
+    _HOSTING.inbox = inbox
+    try:
+        yield
+    finally:
+        _HOSTING.inbox = None
+
+
 class SafeLoop(pykka.Actor):
     """garrison's receive loop, as a mixin over any pykka actor class.
 
@@ -81,6 +99,10 @@ class SafeLoop(pykka.Actor):
 
     @staticmethod
     def _create_actor_inbox() -> Mailbox:
+        inbox: Mailbox | None = getattr(_HOSTING, "inbox", None)
+        if inbox is not None:
+            _HOSTING.inbox = None
+            return inbox
         return Mailbox()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -238,6 +238,7 @@ class Runtime:
         max_restarts: int = 10,
         within_seconds: float = 10.0,
         monitor: bool = False,
+        fused: bool = True,
     ) -> Pipeline:
         """The pipeline ``name``: built with these stages, or from the configuration.
 
@@ -250,7 +251,9 @@ class Runtime:
         the root supervisor rebuilds the whole pipeline). With ``monitor=True`` every
         operation sent through ``call``/``submit``/``acall`` logs the seed's reliability
         metric (``garrison.reliability_metric``: status, response_time, attempts,
-        circuit_state, fallback).
+        circuit_state, fallback). With ``fused=True`` (the default) one actor runs all the
+        stages, with no mailbox hop between them; ``fused=False`` gives each stage an actor
+        of its own, so that a crash of one stage restarts only that stage.
         """
         stages: dict[str, Any] = {
             key: value
@@ -271,6 +274,7 @@ class Runtime:
                 max_restarts=max_restarts,
                 within_seconds=within_seconds,
                 monitor=monitor,
+                fused=fused,
             )
 
     def _pipeline(
@@ -282,6 +286,7 @@ class Runtime:
         max_restarts: int,
         within_seconds: float,
         monitor: bool,
+        fused: bool = True,
     ) -> Pipeline:
         with self._lock:
             existing = self._pipelines.get(name)
@@ -298,6 +303,7 @@ class Runtime:
             max_restarts=max_restarts,
             within_seconds=within_seconds,
             monitor=monitor,
+            fused=fused,
             **stages,
         )
         with self._lock:

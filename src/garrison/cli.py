@@ -227,10 +227,12 @@ def _tree_lines(root: str, root_restarts: str, pipelines: list[PipelinePlan]) ->
             f"{'└── ' if last else '├── '}pipeline:{plan.name} (supervisor, one_for_one, "
             f"max {max_restarts} restarts in {_num(within)}s, permanent)"
         )
+        indent = "    " if last else "│   "
+        lines.append(f"{indent}└── stages (one fused actor, permanent)")
         started = [s for s in reversed(plan.stages) if s.present]  # innermost first
         for position, stage in enumerate(started):
             branch = "└── " if position == len(started) - 1 else "├── "
-            lines.append(f"{'    ' if last else '│   '}{branch}{stage.stage} (permanent)")
+            lines.append(f"{indent}    {branch}{stage.stage}")
     return lines
 
 

@@ -37,6 +37,7 @@ from garrison._loop import EventLoopThread
 from garrison._messages import Execute, GetStatus, Priority
 from garrison._ref import Ref
 from garrison._scheduler import Scheduler
+from garrison.actors._host import HostedRef, HostedStage, StageHost
 from garrison.actors.breaker import CircuitBreakerActor
 from garrison.actors.bulkhead import BulkheadActor, BulkheadConfig
 from garrison.actors.fallback import NO_VALUE, FallbackActor
@@ -78,6 +79,9 @@ R = TypeVar("R")
 
 STAGE_ORDER = ("fallback", "retry", "circuit_breaker", "rate_limiter", "timeout", "bulkhead")
 """The stages of a pipeline, outermost first."""
+
+HOST = "stages"
+"""The name of a fused pipeline's :class:`StageHost` under the pipeline's supervisor."""
 
 DEFAULT_POOL = BulkheadConfig(max_workers=10, max_queue=1000)
 """The worker pool of a pipeline configured without a bulkhead stage."""
@@ -352,6 +356,7 @@ class PipelineSupervisor(Supervisor):
         scheduler: Scheduler | None = None,
         loop: EventLoopThread | None = None,
         dead_letters: DeadLetters | None = None,
+        fused: bool = True,
         **kwargs: Any,
     ) -> None:
         if not isinstance(stages, PipelineStages):
@@ -360,18 +365,41 @@ class PipelineSupervisor(Supervisor):
             name, clock=clock, scheduler=scheduler, loop=loop, dead_letters=dead_letters, **kwargs
         )
         self.stages = stages
+        self.fused = fused
 
     def child_specs(self) -> Iterator[ChildSpec]:
+        """The stages, innermost first: one actor each, or one :class:`StageHost` if fused."""
+        stages = self.layout()
+        if self.fused:
+            yield ChildSpec(
+                HOST,
+                StageHost,
+                args=(tuple(reversed(stages)),),
+                restart=Restart.PERMANENT,
+                shutdown_timeout=30.0,
+            )
+            return
+        below: str | None = None
+        for stage in stages:
+            args = stage.args if below is None else (*stage.args, self.child_ref(below))
+            yield ChildSpec(
+                stage.name,
+                stage.actor_class,
+                args=args,
+                kwargs=stage.kwargs,
+                restart=Restart.PERMANENT,
+            )
+            below = stage.name
+
+    def layout(self) -> list[HostedStage]:
         """bulkhead, then timeout, rate limiter, breaker, retry, fallback (those present)."""
         stages = self.stages
         name = stages.name
-        permanent = Restart.PERMANENT
-
-        def spec(stage: str, actor_class: type[Any], *args: Any, **kwargs: Any) -> ChildSpec:
-            return ChildSpec(stage, actor_class, args=args, kwargs=kwargs, restart=permanent)
-
-        yield spec("bulkhead", BulkheadActor, stages.bulkhead or DEFAULT_POOL, name=name)
-        below = "bulkhead"
+        layout = [
+            HostedStage(
+                "bulkhead", BulkheadActor, (stages.bulkhead or DEFAULT_POOL,), {"name": name}
+            )
+        ]
         for stage, actor_class, config, extra in (
             ("timeout", TimeoutSupervisor, stages.timeout, {"name": name}),
             ("rate_limiter", RateLimiterActor, stages.rate_limit, {"name": name}),
@@ -379,19 +407,22 @@ class PipelineSupervisor(Supervisor):
             ("retry", RetryActor, stages.retry, {"service": name}),
         ):
             if config is not None:
-                yield spec(stage, actor_class, config, self.child_ref(below), **extra)
-                below = stage
+                layout.append(HostedStage(stage, actor_class, (config,), extra))
         fallback = stages.fallback
         if fallback is not None:
-            yield spec(
-                "fallback",
-                FallbackActor,
-                fallback.value,
-                self.child_ref(below),
-                fallback=fallback.fallback,
-                cache_last_success=fallback.cache_last_success,
-                cache_size=fallback.cache_size,
+            layout.append(
+                HostedStage(
+                    "fallback",
+                    FallbackActor,
+                    (fallback.value,),
+                    {
+                        "fallback": fallback.fallback,
+                        "cache_last_success": fallback.cache_last_success,
+                        "cache_size": fallback.cache_size,
+                    },
+                )
             )
+        return layout
 
 
 def build_pipeline(
@@ -407,10 +438,13 @@ def build_pipeline(
     max_restarts: int = 10,
     within_seconds: float = 10.0,
     monitor: bool = False,
+    fused: bool = True,
 ) -> Pipeline:
     """Start a pipeline's supervisor (which builds the stages) under the runtime's root."""
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"pipeline name must be a non-empty string without '/', got {name!r}")
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused must be True or False, got {fused!r}")
     stages = PipelineStages(
         name,
         rate_limit=rate_limit,
@@ -429,6 +463,7 @@ def build_pipeline(
                 "strategy": "one_for_one",
                 "max_restarts": max_restarts,
                 "within_seconds": within_seconds,
+                "fused": fused,
             },
             restart=Restart.PERMANENT,
             shutdown_timeout=30.0,
@@ -436,7 +471,13 @@ def build_pipeline(
     )
     assert isinstance(supervisor, SupervisorRef)
     present = [stage for stage in STAGE_ORDER if _configured(stages, stage)]
-    refs = {stage: supervisor.child(stage) for stage in present}
+    if fused:
+        host = supervisor.child(HOST)
+        refs: dict[str, Ref] = {
+            stage: HostedRef(host, index, stage) for index, stage in enumerate(present)
+        }
+    else:
+        refs = {stage: supervisor.child(stage) for stage in present}
     if circuit_breaker is not None:
         try:
             runtime.breakers.register(name, refs["circuit_breaker"], circuit_breaker)

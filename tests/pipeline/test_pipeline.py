@@ -788,11 +788,13 @@ def test_a_saturated_bulkhead_does_not_slow_another_pipeline(rt):
     assert [f.get(5) for f in queued] == [0, 1]
 
 
-def test_no_thread_is_left_after_stop():
+@pytest.mark.parametrize("fused", [True, False])
+def test_no_thread_is_left_after_stop(fused: bool):
     before = set(threading.enumerate())
     rt = Runtime(name="stopping").start()
     api = rt.pipeline(
         "api",
+        fused=fused,
         retry=RetryConfig(max_attempts=2, base_delay=0.0, jitter=False),
         circuit_breaker=CircuitBreakerConfig(failure_threshold=1, recovery_timeout=600),
         rate_limit=RateLimitConfig(per_second=100),
@@ -807,7 +809,8 @@ def test_no_thread_is_left_after_stop():
     assert api.call(coro) == 1  # starts the event-loop thread
     assert api.call(fail, ValueError("x")) == "n/a"  # opens the breaker: a timer is armed
     assert api.status()["circuit_breaker"]["state"] == "open"
-    assert len(set(threading.enumerate()) - before) > 10
+    # runtime + pipeline supervisors, scheduler, loop, 3 workers, the host or six stages
+    assert len(set(threading.enumerate()) - before) == (8 if fused else 13)
     rt.stop()
     assert rt.state == "stopped"
     left = set(threading.enumerate()) - before

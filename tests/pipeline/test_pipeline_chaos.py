@@ -387,10 +387,11 @@ def check_error(error: BaseException, op_id: int, fired: set[str], with_fallback
     assert isinstance(error, GARRISON_OUTCOMES), (op_id, error)
 
 
-def build(rt: Runtime, name: str, with_fallback: bool) -> Pipeline:
+def build(rt: Runtime, name: str, with_fallback: bool, fused: bool = True) -> Pipeline:
     """A pipeline with every stage; limits generous enough that rejections are rare."""
     return rt.pipeline(
         name,
+        fused=fused,
         rate_limit=RateLimitConfig(limits={"100ms": 60}, on_limit="reject"),
         circuit_breaker=CircuitBreakerConfig(
             failure_threshold=10,
@@ -410,7 +411,7 @@ def build(rt: Runtime, name: str, with_fallback: bool) -> Pipeline:
     )
 
 
-def check_pipeline_chaos(with_fallback: bool) -> None:
+def check_pipeline_chaos(with_fallback: bool, fused: bool) -> None:
     baseline = set(threading.enumerate())
     seed = SEED + int(with_fallback)
     workload = Workload(THREADS * PER_THREAD, seed)
@@ -420,8 +421,9 @@ def check_pipeline_chaos(with_fallback: bool) -> None:
     with quiet_logs() as events:
         rt = Runtime(name="chaos", dead_letters=dead_letters).start()
         try:
-            api = build(rt, "p", with_fallback)
+            api = build(rt, "p", with_fallback, fused)
             stages = set(api.stages)
+            children = {"stages"} if fused else stages  # one host runs a fused pipeline
             stop = threading.Event()
             chaos = threading.Thread(
                 target=chaos_loop,
@@ -445,8 +447,8 @@ def check_pipeline_chaos(with_fallback: bool) -> None:
             ]
             assert not hung, f"{len(hung)} asks never resolved, e.g. ops {hung[:10]}"
 
-            states = wait_until_whole(rt, "p", stages)
-            assert states == dict.fromkeys(stages, "running"), states
+            states = wait_until_whole(rt, "p", children)
+            assert states == dict.fromkeys(children, "running"), states
             # The pipeline still works end to end after all that (the chaos may have left
             # the breaker open: close it first).
             breaker = rt.breakers.get("p")
@@ -518,12 +520,17 @@ def check_pipeline_chaos(with_fallback: bool) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "actor_per_stage"])
 @pytest.mark.parametrize("with_fallback", [False, True], ids=["no_fallback", "with_fallback"])
-def test_random_stage_crashes_leave_every_operation_one_outcome(with_fallback: bool) -> None:
-    check_pipeline_chaos(with_fallback)
+def test_random_stage_crashes_leave_every_operation_one_outcome(
+    with_fallback: bool, fused: bool
+) -> None:
+    check_pipeline_chaos(with_fallback, fused)
 
 
 # -- known bugs ---------------------------------------------------------------------------------
+
+FUSED = pytest.mark.parametrize("fused", [True, False], ids=["fused", "actor_per_stage"])
 
 
 def arm_once(ref: Ref, hook: str) -> Callable[[], int]:
@@ -540,9 +547,10 @@ def arm_once(ref: Ref, hook: str) -> Callable[[], int]:
 
 
 @pytest.mark.timeout(60)
-def test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome() -> None:
+@FUSED
+def test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome(fused: bool) -> None:
     with quiet_logs(), Runtime(name="bug") as rt:
-        api = rt.pipeline("p", bulkhead=BulkheadConfig(max_workers=1))
+        api = rt.pipeline("p", fused=fused, bulkhead=BulkheadConfig(max_workers=1))
         fired = arm_once(api.stages["bulkhead"], "handle_other")  # the next _Done crashes it
         future = api.submit(lambda: "done")
         kind, _ = outcome(future, 2.0)
@@ -551,20 +559,23 @@ def test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome() -> None
 
 
 @pytest.mark.timeout(60)
-def test_a_pipeline_supervisor_that_gave_up_is_rebuilt_with_its_stages() -> None:
+@FUSED
+def test_a_pipeline_supervisor_that_gave_up_is_rebuilt_with_its_stages(fused: bool) -> None:
     with quiet_logs(), Runtime(name="bug") as rt:
-        api = rt.pipeline("p", bulkhead=BulkheadConfig(max_workers=1))
+        api = rt.pipeline("p", fused=fused, bulkhead=BulkheadConfig(max_workers=1))
         for _ in range(11):  # one more than the pipeline supervisor's 10 restarts in 10 s
             arm_once(api.stages["bulkhead"], "handle_execute")
             kind, result = outcome(api.submit(lambda: "x"), WAIT)
             assert (kind, type(result)) == ("error", Chaos), (kind, result)
-        states = wait_until_whole(rt, "p", {"bulkhead"}, timeout=2.0)
-        assert states == {"bulkhead": "running"}, states
+        whole = {"stages" if fused else "bulkhead": "running"}
+        states = wait_until_whole(rt, "p", set(whole), timeout=2.0)
+        assert states == whole, states
         assert api.submit(lambda: "back").get(WAIT) == "back"
 
 
 @pytest.mark.timeout(60)
-def test_an_operation_keeps_its_timeout_when_the_timeout_stage_restarts() -> None:
+@FUSED
+def test_an_operation_keeps_its_timeout_when_the_timeout_stage_restarts(fused: bool) -> None:
     started, release = threading.Event(), threading.Event()
 
     def hang() -> bool:
@@ -574,6 +585,7 @@ def test_an_operation_keeps_its_timeout_when_the_timeout_stage_restarts() -> Non
     with quiet_logs(), Runtime(name="bug") as rt:
         api = rt.pipeline(
             "p",
+            fused=fused,
             timeout=TimeoutConfig(base_timeout=0.2, adaptive=False),
             bulkhead=BulkheadConfig(max_workers=2),
         )

@@ -612,6 +612,8 @@ def _children(out: _Sink, parent: str, children: object) -> None:
         if not isinstance(child, Mapping):
             continue
         path = f"{parent}/{child.get('name')}"
+        if child.get("restart") == "fused":  # a fused pipeline's stage keeps its own path
+            path = f"{parent.rpartition('/')[0]}/{child.get('name')}"
         out.add("garrison_actor_restarts_total", (path,), child.get("restarts"))
         out.add("garrison_actor_up", (path,), int(child.get("state") == "running"))
         # supervisors (by class, or any child that ever gave up: a user's subclass)

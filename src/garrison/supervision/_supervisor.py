@@ -724,19 +724,33 @@ class Supervisor(Actor):
             "state": self._state,
             "strategy": self.strategy.value,
             "restarts": self._restarts,
-            "children": [
-                {
-                    "name": name,
-                    "state": child.state,
-                    "restarts": child.restarts,
-                    "give_ups": child.give_ups,
-                    "restart": child.spec.restart.value,
-                    "actor_class": child.spec.actor_class.__name__,
-                    "ref": child.ref,
-                }
-                for name, child in self._children.items()
-            ],
+            "children": [_describe_child(name, child) for name, child in self._children.items()],
         }
+
+
+def _describe_child(name: str, child: _Child) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "state": child.state,
+        "restarts": child.restarts,
+        "give_ups": child.give_ups,
+        "restart": child.spec.restart.value,
+        "actor_class": child.spec.actor_class.__name__,
+        "ref": child.ref,
+    }
+    parts = getattr(child.actor, "fused_parts", None)
+    if callable(parts):  # one actor running several (a fused pipeline's stages)
+        entry["children"] = [
+            {
+                "name": part,
+                "state": child.state,
+                "restarts": child.restarts,
+                "restart": "fused",
+                "actor_class": actor_class,
+            }
+            for part, actor_class in parts()
+        ]
+    return entry
 
 
 class SupervisorRef(Ref):

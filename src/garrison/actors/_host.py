@@ -1,0 +1,424 @@
+"""A fused pipeline: several stages run by one actor, with no mailbox hop between them.
+
+Each stage of a pipeline is an actor of its own by default design, and each hop from one to
+the next costs a mailbox put and a thread wake-up (tens of microseconds on a busy machine,
+more than the stage's own work). A :class:`StageHost` runs a whole chain of stages on one
+thread instead, as Akka fuses stream stages:
+
+- every stage is the same object as when it runs alone (a :class:`~garrison.actors.Stage`
+  subclass, its code unchanged), constructed by the host but never started as an actor;
+- a stage's inbox is a :class:`StagePort`: what is sent to it from the host's own thread (the
+  next stage's Execute, an outcome coming back through a future callback) is queued on a
+  local run queue and handled before the host reads its next message; what is sent from
+  any other thread (a worker's completion, a timer, a handle's request) goes through the
+  host's mailbox, addressed to the stage;
+- each message is still handled by one stage at a time, to completion, in the order it was
+  sent (the actor rules hold per stage), only without the thread switch.
+
+What fusing costs: the stages share one thread and one fate. A crash of any stage (a bug:
+operations' own failures never crash a stage) is a crash of the host, and the supervisor
+restarts all the stages together; each keeps its state through ``snapshot``/``restore``
+as it would alone (windows, an open breaker, pending deadlines), and the message being
+handled, as always, gets the crash as its outcome. ``rt.pipeline(..., fused=False)`` runs
+each stage as its own actor instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import pykka
+from pykka import messages
+from pykka._envelope import Envelope
+
+from garrison._actor import PING, Actor, hosted_inbox
+from garrison._clock import Clock
+from garrison._future import Future
+from garrison._loop import EventLoopThread
+from garrison._mailbox import Mailbox
+from garrison._messages import Execute
+from garrison._ref import Ref, actor_of
+from garrison._scheduler import Scheduler
+from garrison._spawn import inject_services
+from garrison.actors._stage import Observed, Stage
+
+__all__ = ["HostedRef", "HostedStage", "StageHost", "StagePort", "ToStage"]
+
+
+@dataclass(frozen=True, slots=True)
+class HostedStage:
+    """How a :class:`StageHost` builds one stage: ``actor_class(*args, downstream, **kwargs)``.
+
+    ``downstream`` is the next hosted stage (the host fills it in); the host's clock,
+    scheduler and loop are passed to the stage when its constructor takes them.
+    """
+
+    name: str
+    actor_class: type[Stage]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class ToStage:
+    """A message for one stage of a host, travelling through the host's mailbox."""
+
+    __slots__ = ("message", "port")
+
+    def __init__(self, port: StagePort, message: Any) -> None:
+        self.port = port
+        self.message = message
+
+    def refused(self, reason: str) -> None:
+        """The host is gone: give the message its outcome as the stage's own mailbox would."""
+        self.port.refuse(Envelope(self.message), reason)
+
+    def __repr__(self) -> str:
+        return f"ToStage({self.port.name}, {self.message!r})"
+
+
+class StagePort(Mailbox):
+    """The inbox of a hosted stage: it hands what is sent to the stage to its host."""
+
+    __slots__ = ("host", "index", "stopped")
+
+    def __init__(self, host: StageHost, index: int, name: str) -> None:
+        super().__init__(name)
+        self.host = host
+        self.index = index
+        self.stopped = False
+
+    def offer(self, envelope: Envelope[Any], *, urgent: bool = False) -> bool:
+        """Hand ``envelope`` to the stage through its host (``urgent`` has no meaning here)."""
+        if self.stopped:
+            self.refuse(envelope, "the actor has stopped")
+            return False
+        host = self.host
+        if host.on_host_thread():
+            host.run_queue.append((self.index, envelope))
+            return True
+        return host.mailbox.offer(Envelope(ToStage(self, envelope.message), envelope.reply_to))
+
+    def try_put(self, envelope: Envelope[Any]) -> bool:
+        """Hand ``envelope`` to the stage if its host takes it; False (and nothing done) if not."""
+        if self.stopped:
+            return False
+        host = self.host
+        if host.on_host_thread():
+            host.run_queue.append((self.index, envelope))
+            return True
+        return host.mailbox.try_put(Envelope(ToStage(self, envelope.message), envelope.reply_to))
+
+    # The host's own mailbox carries the state; a port has none of its own.
+    def adopt(self, owner: object) -> None:
+        pass
+
+    def retire(self, owner: object) -> None:
+        pass
+
+    def suspend(self, limit: int) -> None:
+        pass
+
+    def release(self, owner: object, reason: str) -> None:
+        pass
+
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+
+class StageHost(Actor):
+    """Runs a chain of stages (outermost first) on one thread; see the module docstring.
+
+    An :class:`~garrison.Execute` sent to the host itself goes to the outermost stage.
+    :meth:`ref_for` gives a stage's :class:`HostedRef`, which reaches that stage.
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[HostedStage],
+        *,
+        clock: Clock | None = None,
+        scheduler: Scheduler | None = None,
+        loop: EventLoopThread | None = None,
+    ) -> None:
+        super().__init__()
+        services = {"clock": clock, "scheduler": scheduler, "loop": loop}
+        services = {key: value for key, value in services.items() if value is not None}
+        if not stages:
+            raise ValueError("a StageHost needs at least one stage")
+        self.run_queue: deque[tuple[int, Envelope[Any]]] = deque()
+        self._ident: int | None = None
+        self._crashed_item: tuple[Stage, Envelope[Any]] | None = None
+        self.names = tuple(spec.name for spec in stages)
+        built: list[Stage] = []
+        downstream: Ref | None = None
+        for index in reversed(range(len(stages))):  # innermost first: each needs the next
+            spec = stages[index]
+            port = StagePort(self, index, spec.name)
+            kwargs = inject_services(spec.actor_class, spec.kwargs, services)
+            if downstream is not None:
+                kwargs["downstream"] = downstream
+            with hosted_inbox(port):
+                stage = spec.actor_class(*spec.args, **kwargs)
+            built.append(stage)
+            downstream = Ref(stage.actor_ref, spec.name)
+        built.reverse()
+        self.stages: tuple[Stage, ...] = tuple(built)
+
+    def on_host_thread(self) -> bool:
+        """True when called from the thread running this host."""
+        return self._ident == threading.get_ident()
+
+    def fused_parts(self) -> list[tuple[str, str]]:
+        """``(stage name, stage class name)``, innermost first (as a supervisor starts them)."""
+        return [
+            (name, type(stage).__name__)
+            for name, stage in reversed(list(zip(self.names, self.stages, strict=True)))
+        ]
+
+    def stage_ref(self, index: int) -> pykka.ActorRef[Any]:
+        """The pykka ActorRef of the stage at ``index`` in this incarnation."""
+        return self.stages[index].actor_ref
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Name the stages after the host's place in the tree, then start them, innermost first."""
+        self._ident = threading.get_ident()
+        parent = self.mailbox.name.rpartition("/")[0]
+        for stage, name in zip(self.stages, self.names, strict=True):
+            port = stage.mailbox
+            port.name = f"{parent}/{name}" if parent else name
+            port.dead_letters = self.mailbox.dead_letters
+            stage._thread = self._thread
+        for stage in reversed(self.stages):
+            stage.on_start()
+            self._drain()
+
+    def on_stop(self) -> None:
+        """Stop the stages, outermost first (as a supervisor stops its children)."""
+        try:
+            for stage in self.stages:
+                try:
+                    stage.on_stop()
+                finally:
+                    self._mark_stopped(stage, refuse=True)
+                    self._drain()
+        finally:
+            self._ident = None
+
+    def on_failure(self, *exc_info: Any) -> None:
+        """A stage crashed: every stage fails with the host; what was queued is kept."""
+        for stage in self.stages:
+            with suppress(Exception):  # one stage's cleanup must not skip the others'
+                stage.on_failure(*exc_info)
+        # What the stages sent each other meanwhile is for their next incarnations; so is
+        # what still reaches these ports (the host's mailbox outlives this incarnation).
+        self._ident = None
+        self._requeue_local()
+        for stage in self.stages:
+            self._mark_stopped(stage, refuse=False)
+
+    def _mark_stopped(self, stage: Stage, *, refuse: bool) -> None:
+        if refuse:
+            port = stage.mailbox
+            assert isinstance(port, StagePort)
+            port.stopped = True
+        stage.actor_stopped.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Each stage's snapshot, by stage name (for a supervised restart)."""
+        states: dict[str, Any] = {}
+        for name, stage in zip(self.names, self.stages, strict=True):
+            take = getattr(stage, "snapshot", None)
+            if callable(take):
+                states[name] = take()
+        return states
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Give each stage its predecessor's snapshot."""
+        for name, stage in zip(self.names, self.stages, strict=True):
+            if name in state:
+                getattr(stage, "restore")(state[name])  # noqa: B009 (an optional hook)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        """An Execute for the outermost stage, or a message for one stage."""
+        envelope = self._current
+        assert envelope is not None
+        self._deferred = True  # every reply is the stages' business
+        if type(message) is ToStage:
+            self._dispatch(message.port.index, Envelope(message.message, envelope.reply_to))
+        else:
+            self._dispatch(0, envelope)
+        self._drain()
+        return None
+
+    def _drain(self) -> None:
+        run_queue = self.run_queue
+        while run_queue:
+            index, envelope = run_queue.popleft()
+            self._dispatch(index, envelope)
+
+    def _dispatch(self, index: int, envelope: Envelope[Any]) -> None:
+        stage = self.stages[index]
+        message = envelope.message
+        reply = envelope.reply_to
+        if message is PING:
+            if reply is not None:
+                reply.set(None)
+            return
+        if type(message) is messages._ActorStop:
+            stage_name = self.names[index]
+            error = TypeError(f"stage {stage_name!r} is fused; it stops with its pipeline")
+            _answer(reply, error)
+            return
+        kind = type(message)
+        try:
+            # The two messages of every operation go straight to their handlers (what the
+            # stage's on_receive would do with them, less its dispatch).
+            if kind is Execute and type(reply) is Future:
+                stage.handle_execute(message, reply)
+                return
+            if kind is Observed:
+                stage._observed(message)
+                return
+        except BaseException:
+            self._crashed_item = (stage, envelope)
+            raise
+        stage._current = envelope
+        stage._deferred = False
+        try:
+            response = stage._handle_receive(message)
+        except BaseException:
+            stage._current = None
+            self._crashed_item = (stage, envelope)
+            raise
+        stage._current = None
+        if not stage._deferred and reply is not None:
+            reply.set(response)
+
+    def _crash_item(self, stage: Stage, envelope: Envelope[Any], error: BaseException) -> None:
+        """Give the message that crashed a stage its outcome, as a crashing actor would."""
+        reply = envelope.reply_to
+        if reply is not None:
+            _answer(reply, error)
+            return
+        refused = getattr(envelope.message, "refused", None)
+        if callable(refused):
+            refused("its handler crashed")
+        else:
+            port = stage.mailbox
+            port.dead_letters.record(port.name, envelope.message, "its handler crashed", error)
+
+    def _crash(self, envelope: Envelope[Any] | None, error: BaseException) -> None:
+        item = self._crashed_item
+        if item is None:
+            super()._crash(envelope, error)
+            return
+        # The host's own message passed its reply on; the stage's message gets the error,
+        # after the supervisor has been told (as a crashing actor's asker would).
+        super()._crash(None, error)
+        self._crash_item(*item, error)
+
+    def _requeue_local(self) -> None:
+        """Put what the crashed incarnation had queued locally back in the host's mailbox.
+
+        The next incarnation handles it; if there is none, the mailbox's close answers it.
+        """
+        run_queue = self.run_queue
+        mailbox = self.mailbox
+        while run_queue:
+            index, envelope = run_queue.popleft()
+            port = self.stages[index].mailbox
+            assert isinstance(port, StagePort)
+            mailbox.offer(Envelope(ToStage(port, envelope.message), envelope.reply_to))
+
+
+class HostedRef(Ref):
+    """A stable Ref to one stage of a :class:`StageHost`, reached through the host's Ref.
+
+    It follows the host across restarts (the host's Ref does); ``actor_ref`` is the stage
+    object of the current incarnation.
+    """
+
+    __slots__ = ("_host_ref", "_index")
+
+    def __init__(self, host_ref: Ref, index: int, name: str) -> None:
+        super().__init__(host_ref.actor_ref, name)
+        self._host_ref = host_ref
+        self._index = index
+
+    @property
+    def host(self) -> Ref:
+        """The Ref of the host running this stage."""
+        return self._host_ref
+
+    @property
+    def actor_ref(self) -> pykka.ActorRef[Any]:
+        """The stage's pykka ActorRef in the current incarnation of its host."""
+        host = actor_of(self._host_ref.actor_ref)
+        if isinstance(host, StageHost):
+            return host.stage_ref(self._index)
+        return self._host_ref.actor_ref
+
+    @property
+    def actor_class(self) -> type[pykka.Actor]:
+        """The class of the stage behind this Ref."""
+        return self.actor_ref.actor_class
+
+    def is_alive(self) -> bool:
+        """True while the host runs."""
+        return self._host_ref.is_alive()
+
+    def stop(self, timeout: float | None = 5.0) -> bool:
+        """A fused stage stops with its pipeline: refused with a TypeError."""
+        raise TypeError(f"stage {self.name!r} is fused; it stops with its pipeline")
+
+    def settle(self, timeout: float = 5.0) -> bool:
+        """Wait until the host has handled every message queued before this call."""
+        return self._host_ref.settle(timeout)
+
+    def repoint(self, actor_ref: pykka.ActorRef[Any]) -> None:
+        """Nothing to do: the host's Ref is re-pointed by its supervisor."""
+
+    def _send(self, envelope: Envelope[Any]) -> None:
+        host = actor_of(self._host_ref.actor_ref)
+        if isinstance(host, StageHost):
+            port = host.stages[self._index].mailbox
+            assert isinstance(port, StagePort)
+            message = envelope.message
+            if self._index == 0 and type(message) is not messages._ActorStop:
+                # The outermost stage is the host's default recipient: no wrapper.
+                self._host_ref._send(envelope)
+                return
+            self._host_ref._send(Envelope(ToStage(port, message), envelope.reply_to))
+            return
+        self._host_ref._send(envelope)  # the host is gone: its mailbox answers
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HostedRef):
+            return self._host_ref == other._host_ref and self._index == other._index
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self._host_ref, self._index))
+
+    def __repr__(self) -> str:
+        return f"<garrison.HostedRef {self.name!r} in {self._host_ref!r}>"
+
+
+def _answer(reply: Any, error: BaseException) -> None:
+    if isinstance(reply, Future):
+        reply.try_set_exception(error)
+    elif reply is not None:
+        with suppress(Exception):  # a pykka future answered already
+            reply.set_exception((type(error), error, error.__traceback__))
