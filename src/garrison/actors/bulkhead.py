@@ -250,13 +250,17 @@ class BulkheadActor(Stage):
 
     def on_stop(self) -> None:
         """Fail waiting operations, then stop the workers (running calls finish first)."""
-        self._shutdown("the bulkhead stopped")
+        self._shutdown("the bulkhead stopped", join=True)
 
     def on_failure(self, *_exc: Any) -> None:
-        """Fail waiting operations and stop the workers."""
-        self._shutdown("the bulkhead crashed")
+        """Fail waiting operations and tell the workers to stop, without waiting for them.
 
-    def _shutdown(self, reason: str) -> None:
+        A worker in a call stops when the call returns (its caller still gets the outcome);
+        the restart does not wait for it.
+        """
+        self._shutdown("the bulkhead crashed", join=False)
+
+    def _shutdown(self, reason: str, *, join: bool) -> None:
         for reply, record in self._running.items():
             # Running operations still answer their callers, whatever becomes of us.
             record.inner.add_done_callback(_relay_to(reply))
@@ -274,6 +278,9 @@ class BulkheadActor(Stage):
             worker.actor._exit_listener = None
             if worker.retired:
                 continue  # stuck in a call nobody waits for: it ends when the call returns
+            if not join:
+                worker.ref.tell(pykka.messages._ActorStop())
+                continue
             if not stop_and_join(worker.ref, self.config.shutdown_timeout):
                 emit(
                     "garrison.bulkhead.worker_abandoned",
