@@ -35,7 +35,7 @@ from garrison._dead_letters import DeadLetters
 from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute, GetStatus, Priority
-from garrison._ref import Ref
+from garrison._ref import Ref, actor_of
 from garrison._scheduler import Scheduler
 from garrison.actors._host import HostedRef, HostedStage, StageHost
 from garrison.actors.breaker import CircuitBreakerActor
@@ -164,13 +164,12 @@ class PipelineView:
         """Send ``fn(*args, **kwargs)`` through the pipeline; return the future of its outcome."""
         pipeline = self._pipeline
         message = self.execute(fn, *args, **kwargs)
-        if not pipeline.monitor:
-            return pipeline.ref.ask_future(message)
         future: Future[R] = Future()
-        future.meta = {}
-        started = pipeline.clock.monotonic()
-        future.add_done_callback(lambda done: pipeline.report(message, done, started))
-        pipeline.ref.forward(message, future)
+        if pipeline.monitor:
+            future.meta = {}
+            started = pipeline.clock.monotonic()
+            future.add_done_callback(lambda done: pipeline.report(message, done, started))
+        pipeline.send(message, future)
         return future
 
     @overload
@@ -272,6 +271,25 @@ class Pipeline(PipelineView):
         self.ref = next(stages[stage] for stage in STAGE_ORDER if stage in stages)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.monitor = monitor
+        front = self.ref
+        self._front_bulkhead = (
+            front if isinstance(front, HostedRef) and list(stages) == ["bulkhead"] else None
+        )
+
+    def send(self, message: Execute, reply: Future[Any]) -> None:
+        """Send ``message`` into the pipeline with ``reply`` as its reply.
+
+        A fused pipeline whose outermost stage is its bulkhead starts the operation from
+        the calling thread when a worker is free (no hop through the stage host).
+        """
+        front = self._front_bulkhead
+        if front is not None:
+            host = actor_of(front.host.actor_ref)
+            if isinstance(host, StageHost):
+                bulkhead = host.stages[0]
+                if isinstance(bulkhead, BulkheadActor) and bulkhead.try_admit(message, reply):
+                    return
+        self.ref.forward(message, reply)
 
     def report(self, message: Execute, done: Future[Any], started: float) -> None:
         """Log the seed's per-operation reliability metric (``monitor=True``)."""

@@ -103,6 +103,7 @@ def test_the_queue_is_served_by_priority(rt):
         ref.ask_future(Execute(order.append, args=(p,), priority=p))
         for p in ("low", "high", "normal")
     ]
+    assert ref.settle(5)  # all three are queued before the slot frees
     gate.release.set()
     blocked.get(5)
     for future in futures:

@@ -551,7 +551,7 @@ def arm_once(ref: Ref, hook: str) -> Callable[[], int]:
 def test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome(fused: bool) -> None:
     with quiet_logs(), Runtime(name="bug") as rt:
         api = rt.pipeline("p", fused=fused, bulkhead=BulkheadConfig(max_workers=1))
-        fired = arm_once(api.stages["bulkhead"], "handle_other")  # the next _Done crashes it
+        fired = arm_once(api.stages["bulkhead"], "_complete")  # the next completion crashes it
         future = api.submit(lambda: "done")
         kind, _ = outcome(future, 2.0)
         assert fired() == 1
@@ -565,7 +565,8 @@ def test_a_pipeline_supervisor_that_gave_up_is_rebuilt_with_its_stages(fused: bo
         api = rt.pipeline("p", fused=fused, bulkhead=BulkheadConfig(max_workers=1))
         for _ in range(11):  # one more than the pipeline supervisor's 10 restarts in 10 s
             arm_once(api.stages["bulkhead"], "handle_execute")
-            kind, result = outcome(api.submit(lambda: "x"), WAIT)
+            # through the bulkhead actor (api.submit would start it from this thread)
+            kind, result = outcome(api.ref.ask_future(Execute(lambda: "x")), WAIT)
             assert (kind, type(result)) == ("error", Chaos), (kind, result)
         whole = {"stages" if fused else "bulkhead": "running"}
         states = wait_until_whole(rt, "p", set(whole), timeout=2.0)

@@ -20,6 +20,16 @@ returns), a replacement worker is started so the pool keeps its capacity, and
 be stuck at once; past that, new work is refused with ``BulkheadFull`` (until they come back)
 rather than threads piling up.
 
+**Where the work happens.** The bulkhead's state sits behind a small lock, so completions
+are booked in the thread that completes the operation (the worker's): the slot is free and
+the next waiting operation started before the caller gets its outcome, with no message to
+the bulkhead in between. :meth:`BulkheadActor.try_admit` lets a caller start an operation
+from its own thread when a slot and a worker are free (pipelines whose outermost stage is
+the bulkhead do), so an operation costs a caller -> worker -> caller round trip, as with a
+thread pool. Everything else (queueing, rejections, timers, abandonment, worker exits) is
+handled by the actor, under the same lock. A bug in the completion bookkeeping crashes the
+actor (in its own thread, so its supervisor sees it) after the caller got the outcome.
+
 A worker that crashes (a bug in the worker, not an operation's error) is replaced; its
 operation's caller gets the error. When the bulkhead stops, waiting operations fail with
 :class:`~garrison.errors.ActorUnavailable` and running ones finish (or are abandoned after
@@ -29,9 +39,11 @@ operation's caller gets the error. When the bulkhead stops, waiting operations f
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import heapq
 import itertools
 import math
+import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -131,13 +143,10 @@ class Abandon:
 
 
 @dataclass(frozen=True, slots=True)
-class _Done:
-    reply: Future[Any]
-    inner: Future[Any]
+class _BookkeepingFailed:
+    """Completion bookkeeping raised in another thread: crash the actor in its own."""
 
-    def refused(self, reason: str) -> None:
-        """The bulkhead is gone: the caller gets the outcome as it is."""
-        copy_outcome(self.inner, self.reply)
+    error: BaseException
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,8 @@ class BulkheadActor(Stage):
         self.rejected = 0
         self.abandoned = 0
         self.wait_timeouts = 0
+        self._lock = threading.RLock()
+        self._closed = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -228,8 +239,9 @@ class BulkheadActor(Stage):
         if not self.name:
             self.name = self.mailbox.name.rsplit("/", 1)[-1]
         if self.downstream is None:
-            for _ in range(self.config.max_workers):
-                self._add_worker()
+            with self._lock:
+                for _ in range(self.config.max_workers):
+                    self._add_worker()
 
     def _add_worker(self) -> None:
         path = f"{self.mailbox.name}/worker-{next(self._names)}"
@@ -261,19 +273,20 @@ class BulkheadActor(Stage):
         self._shutdown("the bulkhead crashed", join=False)
 
     def _shutdown(self, reason: str, *, join: bool) -> None:
-        for reply, record in self._running.items():
-            # Running operations still answer their callers, whatever becomes of us.
-            record.inner.add_done_callback(_relay_to(reply))
-        for entry in self._queue:
-            if not entry.done:
+        # Running operations still answer their callers (their completion does that).
+        with self._lock:
+            self._closed = True
+            waiting = [entry for entry in self._queue if not entry.done]
+            for entry in waiting:
                 entry.done = True
                 if entry.timer is not None:
                     entry.timer.cancel()
-                entry.reply.try_set_exception(ActorUnavailable(self.mailbox.name, reason))
-        self._queue.clear()
-        self._queued.clear()
-        workers, self._workers = self._workers, []
-        self._idle.clear()
+            self._queue.clear()
+            self._queued.clear()
+            workers, self._workers = self._workers, []
+            self._idle.clear()
+        for entry in waiting:
+            entry.reply.try_set_exception(ActorUnavailable(self.mailbox.name, reason))
         for worker in workers:
             worker.actor._exit_listener = None
             if worker.retired:
@@ -293,22 +306,40 @@ class BulkheadActor(Stage):
 
     # -- admission ----------------------------------------------------------------------------
 
+    def try_admit(self, message: Execute, reply: Future[Any]) -> bool:
+        """Start ``message`` from the calling thread if it can start now; else return False.
+
+        False means: send it to the actor (which queues or refuses it). Safe from any thread.
+        """
+        with self._lock:
+            if (
+                self._closed
+                or self._queued
+                or self._stuck > self.config.abandon_cap
+                or not self._can_start(message)
+            ):
+                return False
+            self._start(message, reply)
+            return True
+
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Run ``message`` now, queue it, or refuse it with BulkheadFull."""
-        if self._stuck > self.config.abandon_cap and self.downstream is None:
-            self._refuse(reply, "too many workers are stuck in abandoned calls")
-            return
-        if self._can_start(message):
-            self._start(message, reply)
-            return
-        if len(self._queued) >= self.config.max_queue:
-            self._refuse(reply, "no slot is free and the queue is full")
-            return
-        entry = _Queued(message, reply, (int(message.priority), next(self._seq)))
-        heapq.heappush(self._queue, entry)
-        self._queued[reply] = entry
-        if self.config.max_wait is not None:
-            entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
+        with self._lock:
+            if self._stuck > self.config.abandon_cap and self.downstream is None:
+                why = "too many workers are stuck in abandoned calls"
+            elif self._can_start(message):
+                self._start(message, reply)
+                return
+            elif len(self._queued) >= self.config.max_queue:
+                why = "no slot is free and the queue is full"
+            else:
+                entry = _Queued(message, reply, (int(message.priority), next(self._seq)))
+                heapq.heappush(self._queue, entry)
+                self._queued[reply] = entry
+                if self.config.max_wait is not None:
+                    entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
+                return
+        self._refuse(reply, why)
 
     def _can_start(self, message: Execute) -> bool:
         if self._in_flight >= self.config.concurrency:
@@ -328,13 +359,7 @@ class BulkheadActor(Stage):
         inner.meta = reply.meta
         record = _Running(message, inner)
         self._running[reply] = record
-        mailbox = self.mailbox
-
-        def report(done: Future[Any]) -> None:
-            if not mailbox.try_put(Envelope(_Done(reply, done))):
-                copy_outcome(done, reply)
-
-        inner.add_done_callback(report)
+        inner.add_done_callback(functools.partial(self._completed, reply))
         if self.downstream is not None:
             self.downstream.forward(message, inner)
         elif is_coroutine_operation(message):
@@ -365,29 +390,45 @@ class BulkheadActor(Stage):
 
     # -- completion, timeouts, abandonment ----------------------------------------------------
 
-    def _done(self, reply: Future[Any], inner: Future[Any]) -> None:
-        record = self._running.pop(reply, None)
-        if record is None:  # started by a previous incarnation of this bulkhead
+    def _completed(self, reply: Future[Any], inner: Future[Any]) -> None:
+        """An operation finished (in the thread that finished it): book it, then answer."""
+        try:
+            self._complete(reply)
+        except BaseException as error:
+            # The caller still gets its outcome; the actor crashes in its own thread.
             copy_outcome(inner, reply)
+            if not self.mailbox.try_put(Envelope(_BookkeepingFailed(error))):
+                raise
             return
-        if not record.abandoned:
-            self._in_flight -= 1
-            worker = record.worker
-            if worker is not None and not (worker.retired or worker.dead):
-                self._idle.append(worker)
-        self.completed += 1
-        copy_outcome(record.inner, reply)
-        self._start_waiting()
+        copy_outcome(inner, reply)
+
+    def _complete(self, reply: Future[Any]) -> None:
+        with self._lock:
+            record = self._running.pop(reply, None)
+            if record is None or self._closed:
+                return
+            if not record.abandoned:
+                self._in_flight -= 1
+                worker = record.worker
+                if worker is not None and not (worker.retired or worker.dead):
+                    self._idle.append(worker)
+            self.completed += 1
+            self._start_waiting()
 
     def _wait_expired(self, reply: Future[Any]) -> None:
-        entry = self._queued.get(reply)
-        if entry is None or entry.done:
-            return
-        self._take_from_queue(entry)
-        self.wait_timeouts += 1
+        with self._lock:
+            entry = self._queued.get(reply)
+            if entry is None or entry.done:
+                return
+            self._take_from_queue(entry)
+            self.wait_timeouts += 1
         self._refuse(reply, f"no slot freed within max_wait ({self.config.max_wait:g}s)")
 
     def _abandon(self, reply: Future[Any]) -> None:
+        with self._lock:
+            self._abandon_locked(reply)
+
+    def _abandon_locked(self, reply: Future[Any]) -> None:
         entry = self._queued.get(reply)
         if entry is not None:
             self._take_from_queue(entry)
@@ -420,6 +461,10 @@ class BulkheadActor(Stage):
         self._start_waiting()
 
     def _worker_ended(self, worker: _Worker, error: BaseException | None) -> None:
+        with self._lock:
+            self._worker_ended_locked(worker, error)
+
+    def _worker_ended_locked(self, worker: _Worker, error: BaseException | None) -> None:
         worker.dead = True  # a late completion must not put it back among the idle
         if worker not in self._workers:
             return
@@ -444,9 +489,9 @@ class BulkheadActor(Stage):
 
     def handle_other(self, message: Any) -> Any:
         """Completions, wait timers, abandonment and worker exits."""
-        if isinstance(message, _Done):
-            self._done(message.reply, message.inner)
-        elif isinstance(message, _WaitExpired):
+        if isinstance(message, _BookkeepingFailed):
+            raise message.error
+        if isinstance(message, _WaitExpired):
             self._wait_expired(message.reply)
         elif isinstance(message, Abandon):
             self._abandon(message.reply)
@@ -458,6 +503,10 @@ class BulkheadActor(Stage):
 
     def status(self) -> dict[str, Any]:
         """Occupancy, queue, counters and stuck workers."""
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
             "name": self.name,
@@ -473,10 +522,3 @@ class BulkheadActor(Stage):
             "abandoned": self.abandoned,
             "stuck_workers": self._stuck,
         }
-
-
-def _relay_to(reply: Future[Any]) -> Any:
-    def relay(done: Future[Any]) -> None:
-        copy_outcome(done, reply)
-
-    return relay
