@@ -86,31 +86,38 @@ return {1, 0, 0, now}
 _GCRA: Final = (
     _PREAMBLE
     + """
+local rel = 1 + 2 ^ -50
 local extra = tonumber(ARGV[4])
 local raw = redis.call('GET', key)
 local tats = {}
 if raw then for v in string.gmatch(raw, '[^ ]+') do tats[#tats + 1] = tonumber(v) end end
+local function refuses(t, tat, inv, step, tol)
+  local tu = t * inv
+  if tat > tu then return tat + step > tu * rel + tol end
+  return tu + step > tu * rel + tol
+end
 local at, bind, w, horizon = now, 0, 0, now
 local out = {}
-for i = 5, #ARGV, 2 do
+for i = 5, #ARGV, 4 do
   w = w + 1
-  local step = tonumber(ARGV[i])
-  local tol = tonumber(ARGV[i + 1])
-  local tat = tats[w]
-  if tat == nil or tat < now then tat = now end
-  local new = tat + step
-  if new > now + tol then
-    local t = math.ceil(new - tol)
+  local inv, e0 = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  local step, tol = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local tat = tats[w] or -1
+  if refuses(now, tat, inv, step, tol) then
+    local t = math.ceil((tat + step - tol) / rel * e0)
+    if t <= now then t = now + 1 end
     local n = 0
-    while math.max(tat, t) + step > t + tol do
+    while refuses(t, tat, inv, step, tol) do
       n = n + 1
-      if n > 64 then t = math.ceil(tat + step) break end
+      if n > 64 then t = math.ceil((tat + step) * e0) + 1 break end
       t = t + 1
     end
     if t > at then at, bind = t, w end
   else
+    local nu = now * inv
+    local new = (tat > nu and tat or nu) + step
     out[w] = string.format('%.17g', new)
-    if new > horizon then horizon = new end
+    if new * e0 > horizon then horizon = new * e0 end
   end
 end
 if bind > 0 then return {0, at - now, bind, now} end
@@ -130,10 +137,11 @@ local raw = redis.call('GET', key)
 local st = {}
 if raw then for v in string.gmatch(raw, '[^ ]+') do st[#st + 1] = tonumber(v) end end
 local function refuses(t, span, limit, idx, prev, cur)
-  local it = math.floor(t / span)
+  local q = t / span
+  local it = math.floor(q)
   local p, c = 0, 0
   if it == idx then p, c = prev, cur elseif it == idx + 1 then p = cur else return false end
-  return p * (1 - (t - it * span) / span) + c + cost > limit
+  return p * (1 - (q - it)) + c + cost > limit
 end
 local at, bind, w, horizon = now, 0, 0, now
 local out = {}
@@ -146,11 +154,11 @@ for i = 5, #ARGV, 2 do
   local stored, prev, cur = st[3 * w - 2], 0, 0
   if stored == idx then prev, cur = st[3 * w - 1], st[3 * w]
   elseif stored == idx - 1 then prev = st[3 * w] end
-  if refuses(now, span, limit, idx, prev, cur) then
+  if raw and refuses(now, span, limit, idx, prev, cur) then
     local room = limit - cost
     local t
-    if cur > room then t = math.ceil((idx + 2) * span - room / cur * span)
-    else t = math.ceil((idx + 1) * span - (room - cur) / prev * span) end
+    if cur > room then t = math.ceil((idx + 2 - room / cur) * span)
+    else t = math.ceil((idx + 1 - (room - cur) / prev) * span) end
     if t <= now then t = now + 1 end
     local n = 0
     while refuses(t, span, limit, idx, prev, cur) do
@@ -181,6 +189,7 @@ _SCRIPTS: Final = {
 }
 _SUFFIX: Final = {"sliding_log": "log", "gcra": "gcra", "sliding_window": "sw"}
 _US: Final = 1_000_000
+_REL: Final = 1.0 + 2.0**-50
 _ALLOWED: Final = Decision(True, 0.0, "")
 
 
@@ -219,8 +228,10 @@ class RedisRateLimit:
         self._capacity = max(w.limit for w in config.windows)
         self._extra_ms = math.ceil((config.effective_key_ttl - config.windows[-1].seconds) * 1000)
         self._ttl_ms = math.ceil(config.effective_key_ttl * 1000)
-        self._limits: tuple[int, ...] = tuple(w.limit for w in config.windows)
+        self._configured = tuple(w.limit for w in config.windows)
+        self._limits: tuple[int, ...] = self._configured
         self._cached: dict[int, list[str]] = {}
+        self._checker = RateLimitPolicy(config)
 
     def set_limits(self, limits: Sequence[int]) -> None:
         """The effective limit of each window (after adaptive throttling)."""
@@ -241,11 +252,17 @@ class RedisRateLimit:
             args += [str(self._ttl_ms), str(self._capacity)]
             for span, limit in zip(self._spans, self._limits, strict=True):
                 args += [str(span), str(limit)]
-        elif algorithm == "gcra":
+        elif algorithm == "gcra":  # in emission intervals, as garrison.policies.rate does
             args.append(str(self._extra_ms))
-            for span, limit in zip(self._spans, self._limits, strict=True):
-                step = cost * span / limit
-                args += [repr(step), repr(max(float(span), step))]
+            for span, n, limit in zip(self._spans, self._configured, self._limits, strict=True):
+                slack = 0.0 if limit == n else n * (_REL - 1.0)
+                step = n / limit * cost
+                args += [
+                    repr(n / span),
+                    repr(span / n),
+                    repr(step),
+                    repr(max(n + slack, step + slack)),
+                ]
         else:
             args.append(str(self._extra_ms))
             for span, limit in zip(self._spans, self._limits, strict=True):
@@ -253,6 +270,11 @@ class RedisRateLimit:
         if len(self._cached) < 64:
             self._cached[cost] = args
         return args
+
+    def check_cost(self, cost: int) -> None:
+        """Raise as the in-memory policy does for a cost that no window can ever admit."""
+        if cost != 1:
+            self._checker._check_cost(cost)
 
     def _args(self, write: bool, cost: int, at: float | None) -> list[str]:
         now = "" if at is None else str(_us(at))
@@ -267,6 +289,7 @@ class RedisRateLimit:
         self, key: Hashable, cost: int = 1, *, write: bool = True, at: float | None = None
     ) -> tuple[Decision, float]:
         """The decision and the server time (seconds) it was taken at."""
+        self.check_cost(cost)
         reply = self._link.evalsha(self._script, [self.redis_key(key)], self._args(write, cost, at))
         return self._decision(reply), int(reply[3]) / _US
 
@@ -280,6 +303,8 @@ class RedisRateLimit:
 
     def acquire_many(self, requests: Sequence[tuple[Hashable, int]]) -> list[Decision]:
         """:meth:`acquire` for each ``(key, cost)``, in order, in one round trip."""
+        for _, cost in requests:
+            self.check_cost(cost)
         calls = [([self.redis_key(key)], self._args(True, cost, None)) for key, cost in requests]
         return [self._decision(reply) for reply in self._link.evalsha_many(self._script, calls)]
 
@@ -316,8 +341,7 @@ class SharedRatePolicy:
 
     def acquire(self, key: Hashable, now: float, cost: int = 1) -> Decision:
         """Admit and count a request in Redis (or, while it is down, per ``on_backend_error``)."""
-        if cost != 1:
-            self._shape._check_cost(cost)
+        self.redis.check_cost(cost)
         if self._link.health.up:
             try:
                 decision = self.redis.acquire(key, cost)
@@ -330,8 +354,7 @@ class SharedRatePolicy:
 
     def peek(self, key: Hashable, now: float, cost: int = 1) -> Decision:
         """What :meth:`acquire` would answer, without counting anything."""
-        if cost != 1:
-            self._shape._check_cost(cost)
+        self.redis.check_cost(cost)
         if self._link.health.up:
             try:
                 return self.redis.peek(key, cost)
@@ -348,8 +371,7 @@ class SharedRatePolicy:
         valid: list[int] = []
         for i, (_, cost) in enumerate(requests):
             try:
-                if cost != 1:
-                    self._shape._check_cost(cost)
+                self.redis.check_cost(cost)
             except (TypeError, ValueError) as error:
                 results[i] = error
             else:
