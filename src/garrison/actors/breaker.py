@@ -345,12 +345,15 @@ class CircuitBreakerActor(Stage):
         """The policy's status (see ``BreakerPolicy.status``) plus ``stage``, ``service`` and
         ``totals``: calls since this incarnation started, by kind (successful, failed,
         slow, rejected, ignored)."""
-        return {
+        status = {
             "stage": self.stage,
             "service": self.service,
             **self.policy.status(self.clock.monotonic()),
             "totals": dict(self._totals),
         }
+        if self._fleet is not None:
+            status["fleet_probe"] = self._probe  # the fleet's probe lock: idle/asking/...
+        return status
 
     # -- timers and transitions -----------------------------------------------------------------
 
