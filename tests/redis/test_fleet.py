@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
+import redis
 from garrison import CircuitBreakerConfig, Runtime
 from garrison.backends._redis_rate import encode_key
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from _server import RedisServer, free_port
-from conftest import require_binary
 from structlog.testing import capture_logs
 
+import redis
+from conftest import require_binary
 from garrison import BackendUnavailable, RateLimitConfig, RateLimited, Runtime
 from garrison.backends import BackendConfig
 
