@@ -249,6 +249,11 @@ class Runtime:
                 backend.start()
         return backend
 
+    def backends(self) -> list[RedisBackend]:
+        """Every backend this runtime opened (its own and pipelines' own)."""
+        with self._lock:
+            return list(self._backends.values())
+
     def backend_for(self, spec: object = None) -> RedisBackend | None:
         """The backend a pipeline uses: the runtime's for None, none for ``"memory"``, else
         the one for that URL / mapping / BackendConfig (opened once, closed by ``stop``)."""

@@ -14,6 +14,7 @@ import redis
 from conftest import require_binary
 from garrison import BackendUnavailable, RateLimitConfig, RateLimited, Runtime
 from garrison.backends import BackendConfig
+from garrison.observability.metrics import RuntimeCollector
 
 
 def wait_until(condition: Any, timeout: float = 5.0) -> bool:
@@ -71,6 +72,8 @@ def test_a_frozen_then_restarted_redis_falls_back_to_the_local_share_and_back(
         assert shared["deciding"] == "local"
         assert shared["local_share_of"] == 4
         assert rt.backend.status()["up"] is False
+        assert backend_metric(rt, "garrison_backend_up") == 0
+        assert backend_metric(rt, "garrison_backend_degraded_total") == 1
 
         own_server.kill()  # while frozen
         restarted = RedisServer(own_server.binary, port=own_server.port).start()
@@ -83,6 +86,17 @@ def test_a_frozen_then_restarted_redis_falls_back_to_the_local_share_and_back(
         finally:
             client.close()
         assert rt.backend.status()["degraded_total"] == 1
+        assert backend_metric(rt, "garrison_backend_up") == 1
+        assert backend_metric(rt, "garrison_backend_processes") == 4
+
+
+def backend_metric(rt: Runtime, name: str) -> float:
+    collector = RuntimeCollector(rt)
+    for family in collector.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise AssertionError(f"{name} not collected")
 
 
 def refused_port_url() -> str:
