@@ -23,6 +23,7 @@ from garrison.breakers import CircuitBreakerHandle, CircuitBreakerManager
 from garrison.errors import (
     ActorUnavailable,
     AskTimeout,
+    BackendUnavailable,
     BulkheadFull,
     CircuitOpen,
     ConfigError,
@@ -47,6 +48,7 @@ __all__ = [
     "ActorUnavailable",
     "AdaptiveTimeout",
     "AskTimeout",
+    "BackendUnavailable",
     "BulkheadActor",
     "BulkheadConfig",
     "BulkheadFull",

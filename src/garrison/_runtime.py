@@ -17,6 +17,7 @@ from garrison._loop import EventLoopThread
 from garrison._ref import Ref
 from garrison._scheduler import ManualScheduler, ThreadScheduler, make_scheduler
 from garrison.actors.bulkhead import BulkheadConfig
+from garrison.backends import BackendConfig, backend_config
 from garrison.breakers import CircuitBreakerManager
 from garrison.config import ReliabilityConfig, load_config
 from garrison.observability.events import emit
@@ -28,6 +29,7 @@ from garrison.policies.timeouts import TimeoutConfig
 from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
 
 if TYPE_CHECKING:
+    from garrison.backends._backend import RedisBackend
     from garrison.http import HttpClient
 
 __all__ = ["Runtime"]
@@ -46,6 +48,12 @@ class Runtime:
     ``clock`` defaults to the system clock; tests pass a
     :class:`garrison.testing.ManualClock`. ``max_restarts`` / ``within_seconds`` are the root
     supervisor's restart intensity.
+
+    ``backend`` (a ``redis://`` URL, a mapping of :class:`~garrison.backends.BackendConfig`
+    settings, or a BackendConfig) keeps every pipeline's rate-limit windows and breaker trips
+    in Redis, shared with the other processes that use the same backend and runtime name;
+    ``on_backend_error`` (``"local"``, ``"open"`` or ``"closed"``) says what rate limiters do
+    while Redis is unreachable. Needs the ``redis`` extra.
     """
 
     def __init__(
@@ -56,6 +64,8 @@ class Runtime:
         dead_letters: DeadLetters | None = None,
         max_restarts: int = 10,
         within_seconds: float = 10.0,
+        backend: str | BackendConfig | Mapping[str, Any] | None = None,
+        on_backend_error: str | None = None,
     ) -> None:
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"Runtime name must be a non-empty string without '/', got {name!r}")
@@ -77,6 +87,15 @@ class Runtime:
         self._building = threading.Lock()  # one pipeline build at a time
         self._http_clients: list[HttpClient] = []
         self.config: ReliabilityConfig | None = None
+        self._on_backend_error = on_backend_error
+        self._backends: dict[BackendConfig, RedisBackend] = {}
+        self.backend: RedisBackend | None = None
+        """The runtime's shared backend (None: everything stays in this process)."""
+        if on_backend_error is not None:
+            backend_config("redis://localhost", on_backend_error)  # validates the mode
+        default = backend_config(backend, on_backend_error)
+        if default is not None:
+            self.backend = self._open_backend(default)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -117,6 +136,8 @@ class Runtime:
                 **self._root_options,
             )
             self._state = "running"
+            for backend in self._backends.values():
+                backend.start()
         emit("garrison.runtime.started", runtime=self.name)
         return self
 
@@ -150,6 +171,10 @@ class Runtime:
             clients, self._http_clients = self._http_clients, []
         for client in clients:
             client.close()  # after the pipelines: nothing uses their connections any more
+        with self._lock:
+            backends = list(self._backends.values())
+        for backend in backends:
+            backend.close()
         self.scheduler.stop()
         self.loop.stop(timeout)
         emit("garrison.runtime.stopped", runtime=self.name)
@@ -211,6 +236,36 @@ class Runtime:
         """The supervision tree, from the root supervisor down."""
         return self.supervisor.tree()
 
+    # -- shared backends --------------------------------------------------------------------
+
+    def _open_backend(self, config: BackendConfig) -> RedisBackend:
+        from garrison.backends._backend import RedisBackend  # noqa: PLC0415 (redis is optional)
+
+        backend = self._backends.get(config)
+        if backend is None:
+            backend = RedisBackend(config, runtime=self.name)
+            self._backends[config] = backend
+            if self._state == "running":
+                backend.start()
+        return backend
+
+    def backends(self) -> list[RedisBackend]:
+        """Every backend this runtime opened (its own and pipelines' own)."""
+        with self._lock:
+            return list(self._backends.values())
+
+    def backend_for(self, spec: object = None) -> RedisBackend | None:
+        """The backend a pipeline uses: the runtime's for None, none for ``"memory"``, else
+        the one for that URL / mapping / BackendConfig (opened once, closed by ``stop``)."""
+        if spec is None:
+            return self.backend
+        if spec == "memory":
+            return None
+        config = backend_config(spec, self._on_backend_error)
+        assert config is not None
+        with self._lock:
+            return self._open_backend(config)
+
     # -- pipelines and configuration --------------------------------------------------------
 
     @classmethod
@@ -239,6 +294,7 @@ class Runtime:
         within_seconds: float = 10.0,
         monitor: bool = False,
         fused: bool = True,
+        backend: object = None,
     ) -> Pipeline:
         """The pipeline ``name``: built with these stages, or from the configuration.
 
@@ -254,6 +310,10 @@ class Runtime:
         circuit_state, fallback). With ``fused=True`` (the default) one actor runs all the
         stages, with no mailbox hop between them; ``fused=False`` gives each stage an actor
         of its own, so that a crash of one stage restarts only that stage.
+
+        ``backend`` overrides the runtime's backend for this pipeline's rate limiter and
+        breaker: a ``redis://`` URL, a mapping or :class:`~garrison.backends.BackendConfig`,
+        or ``"memory"`` to keep this pipeline's state in the process.
         """
         stages: dict[str, Any] = {
             key: value
@@ -275,6 +335,7 @@ class Runtime:
                 within_seconds=within_seconds,
                 monitor=monitor,
                 fused=fused,
+                backend=backend,
             )
 
     def _pipeline(
@@ -287,11 +348,12 @@ class Runtime:
         within_seconds: float,
         monitor: bool,
         fused: bool = True,
+        backend: object,
     ) -> Pipeline:
         with self._lock:
             existing = self._pipelines.get(name)
         if existing is not None:
-            if stages or fallback is not None:
+            if stages or fallback is not None or backend is not None:
                 raise ValueError(f"pipeline {name!r} already exists")
             return existing
         if self.config is not None:
@@ -304,6 +366,7 @@ class Runtime:
             within_seconds=within_seconds,
             monitor=monitor,
             fused=fused,
+            backend=backend,
             **stages,
         )
         with self._lock:

@@ -27,6 +27,8 @@ max_workers = 5
 
 [runtime]
 name = "my-service"
+backend = "redis://127.0.0.1:6379/0"   # optional: share limits and trips (see garrison.backends)
+on_backend_error = "local"             # while Redis is unreachable: local, open or closed
 ```
 
 Unknown keys are errors (a typo must not silently fall back to a default), and every error
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from garrison.actors.bulkhead import BulkheadConfig
+from garrison.backends import backend_config
 from garrison.errors import ConfigError
 from garrison.policies.backoff import RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
@@ -60,7 +63,7 @@ _SECTIONS: Mapping[str, tuple[str, Callable[[Mapping[str, Any]], Any]]] = {
     "timeout": ("timeout", TimeoutConfig.from_dict),
     "bulkhead": ("bulkhead", BulkheadConfig.from_dict),
 }
-_RUNTIME_KEYS = ("name", "max_restarts", "within_seconds")
+_RUNTIME_KEYS = ("name", "max_restarts", "within_seconds", "backend", "on_backend_error")
 _KEY_ALIASES: Mapping[str, Mapping[str, str]] = {
     # the seed's names, mapped to garrison's before defaults and overrides are merged
     "rate_limit": {
@@ -222,6 +225,15 @@ def _runtime(path: str, value: object) -> dict[str, Any]:
             isinstance(setting, bool) or not isinstance(setting, int | float) or not setting > 0
         ):
             raise ConfigError(where, f"must be a number > 0, got {setting!r}")
+    try:
+        if "backend" in section:
+            backend_config(section["backend"], section.get("on_backend_error"))
+        elif "on_backend_error" in section:
+            backend_config("redis://localhost", section["on_backend_error"])
+    except ConfigError as error:
+        if error.key in ("backend", "on_backend_error"):
+            raise error.under(path) from None
+        raise error.under(f"{path}.backend") from None
     return dict(section)
 
 

@@ -17,6 +17,7 @@ import pykka
 __all__ = [
     "ActorUnavailable",
     "AskTimeout",
+    "BackendUnavailable",
     "BulkheadFull",
     "CircuitOpen",
     "ConfigError",
@@ -150,6 +151,22 @@ class CircuitOpen(Rejected):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), (self.service, self.retry_after), {"state": self.state}))
+
+
+class BackendUnavailable(Rejected):
+    """The shared backend (Redis) of a rate limiter is unreachable and the limiter was told
+    to reject meanwhile (``on_backend_error="closed"``); try again after ``retry_after``."""
+
+    def __init__(self, backend: str, *, retry_after: float = 0.0) -> None:
+        self.backend = backend
+        self.retry_after = max(0.0, float(retry_after))
+        super().__init__(
+            f"the rate-limit backend {backend} is unreachable and on_backend_error='closed'; "
+            f"retry after {self.retry_after:.3f}s"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.backend,), {"retry_after": self.retry_after}))
 
 
 class BulkheadFull(Rejected):

@@ -63,6 +63,7 @@ from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
 
 if TYPE_CHECKING:
     from garrison._runtime import Runtime
+    from garrison.backends._protocol import Backend
 
 __all__ = [
     "DEFAULT_POOL",
@@ -341,6 +342,8 @@ class PipelineStages:
     timeout: TimeoutConfig | None = None
     bulkhead: BulkheadConfig | None = None
     fallback: FallbackConfig | None = None
+    backend: Backend | None = None
+    """Where the rate limiter and the breaker keep shared state (None: in the process)."""
 
     def __post_init__(self) -> None:
         for key, kind in (
@@ -418,10 +421,16 @@ class PipelineSupervisor(Supervisor):
                 "bulkhead", BulkheadActor, (stages.bulkhead or DEFAULT_POOL,), {"name": name}
             )
         ]
+        shared = {} if stages.backend is None else {"backend": stages.backend}
         for stage, actor_class, config, extra in (
             ("timeout", TimeoutSupervisor, stages.timeout, {"name": name}),
-            ("rate_limiter", RateLimiterActor, stages.rate_limit, {"name": name}),
-            ("circuit_breaker", CircuitBreakerActor, stages.circuit_breaker, {"service": name}),
+            ("rate_limiter", RateLimiterActor, stages.rate_limit, {"name": name, **shared}),
+            (
+                "circuit_breaker",
+                CircuitBreakerActor,
+                stages.circuit_breaker,
+                {"service": name, **shared},
+            ),
             ("retry", RetryActor, stages.retry, {"service": name}),
         ):
             if config is not None:
@@ -457,8 +466,12 @@ def build_pipeline(
     within_seconds: float = 10.0,
     monitor: bool = False,
     fused: bool = True,
+    backend: object = None,
 ) -> Pipeline:
-    """Start a pipeline's supervisor (which builds the stages) under the runtime's root."""
+    """Start a pipeline's supervisor (which builds the stages) under the runtime's root.
+
+    ``backend``: see ``Runtime.pipeline`` (None: the runtime's backend, if it has one).
+    """
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"pipeline name must be a non-empty string without '/', got {name!r}")
     if not isinstance(fused, bool):
@@ -471,6 +484,7 @@ def build_pipeline(
         timeout=timeout,
         bulkhead=bulkhead,
         fallback=FallbackConfig.of(fallback) if fallback is not None else None,
+        backend=runtime.backend_for(backend),
     )
     supervisor = runtime.supervisor.start_child(
         ChildSpec(

@@ -127,10 +127,12 @@ class StagePort(Mailbox):
         pass
 
     def empty(self) -> bool:
-        return True
+        """True when the host has nothing queued (for any of its stages)."""
+        return self.host.mailbox.empty() and not self.host.run_queue
 
     def qsize(self) -> int:
-        return 0
+        """What the host has queued, for all its stages (a stage's backlog, at most)."""
+        return self.host.mailbox.qsize() + len(self.host.run_queue)
 
 
 class StageHost(Actor):

@@ -19,6 +19,16 @@ Timed changes are scheduler timers, never sleeps: when the policy has a
 arms one timer for it and replaces it when the time changes. Every state change is logged as
 a ``garrison.breaker.<state>`` event and passed to the transition listeners. ``snapshot()`` /
 ``restore()`` keep the policy's state across a supervised restart: an open breaker stays open.
+
+With a ``backend`` (see :mod:`garrison.backends`) the breaker shares its trips with the
+other processes of the fleet, never touching Redis on the call path: when it opens by
+itself (failures, error rate, slow calls, a failed probe) it hands the trip to the
+backend's io thread, which records and publishes it; the backend's subscriber tells it
+(``FleetTrip``) when other processes tripped, and it opens with the reason ``fleet_trip``.
+Half-open probing is fleet-wide: when its recovery wait is over the breaker asks the backend
+for the service's probe lock and stays open until the answer (``FleetProbe``) comes; only
+the process that holds the lock probes, and when its probes close its breaker the others
+close too (``FleetRecovered``); if they fail, its new trip re-opens the others.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from garrison._ref import Ref
 from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors._run import copy_outcome
 from garrison.actors._stage import Stage
+from garrison.backends._protocol import Backend, BreakerFleet, FleetProbe, FleetRecovered, FleetTrip
 from garrison.errors import CircuitOpen, Rejected
 from garrison.observability.events import Level, emit
 from garrison.policies.breaker import (
@@ -68,6 +79,17 @@ _EVENTS: Final[dict[str, tuple[str, Level]]] = {
     "disabled": ("garrison.breaker.disabled", "warning"),
 }
 _MIN_TIMER_DELAY: Final = 1e-6
+_LOCAL_TRIPS: Final = frozenset(
+    {
+        "failure_threshold",
+        "error_rate",
+        "slow_call_rate",
+        "probe_failed",
+        "probe_timeout",
+        "probe_slow_calls",
+    }
+)
+"""Reasons for opening that this process found by itself (and so publishes to the fleet)."""
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -153,6 +175,7 @@ class CircuitBreakerActor(Stage):
         loop: EventLoopThread | None = None,
         seed: int | None = None,
         listeners: Sequence[TransitionListener] = (),
+        backend: Backend | None = None,
     ) -> None:
         super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         if not isinstance(config, CircuitBreakerConfig):
@@ -171,11 +194,18 @@ class CircuitBreakerActor(Stage):
         self._timer: TimerHandle | None = None
         self._timer_due: float | None = None
         self._timer_token: object | None = None
+        self._fleet: BreakerFleet | None = backend.fleet if backend is not None else None
+        self._fleet_token: object | None = None
+        self._probe = "idle"  # the fleet probe lock: idle, asking, denied or granted
+        self._probe_token: object | None = None
+        self._probe_retry_at = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def on_start(self) -> None:
-        """Arm what a restored state needs."""
+        """Arm what a restored state needs; join the fleet (if any)."""
+        if self._fleet is not None:
+            self._fleet_token = self._fleet.register(self.service, self.self_ref, self.config)
         self._sync()
 
     def on_stop(self) -> None:
@@ -189,6 +219,12 @@ class CircuitBreakerActor(Stage):
     def _release(self) -> None:
         self._cancel_timer()
         self.release_scheduler()
+        fleet = self._fleet
+        if fleet is not None and self._fleet_token is not None:
+            fleet.unregister(self._fleet_token)
+            self._fleet_token = None
+            if self._probe == "granted":
+                fleet.release_probe(self.service)
 
     def snapshot(self) -> dict[str, Any]:
         """The policy's state as plain data (taken by a supervisor before a restart)."""
@@ -204,6 +240,9 @@ class CircuitBreakerActor(Stage):
         """Reject at once when the breaker refuses; otherwise hand on and observe."""
         policy = self.policy
         now = self.clock.monotonic()
+        if policy.state != "closed" and self._fleet_holds(now):
+            self._refuse_for_fleet(reply, now)
+            return
         decision = policy.before_call(now)
         meta = reply.meta
         if meta is not None:
@@ -240,15 +279,21 @@ class CircuitBreakerActor(Stage):
         if isinstance(message, _Tick):
             if message.token is self._timer_token:
                 self._timer = self._timer_due = self._timer_token = None
-                self.policy.on_timer(self.clock.monotonic())
                 self._sync()
+            return None
+        if isinstance(message, FleetTrip | FleetRecovered | FleetProbe):
+            self._from_fleet(message)
             return None
         if isinstance(message, ForceOpen | ForceClose | Reset | Disable):
             return self._manual(message)
         return super().handle_other(message)
 
     def _acquire(self) -> Permit | None:
-        decision = self.policy.before_call(self.clock.monotonic())
+        now = self.clock.monotonic()
+        if self.policy.state != "closed" and self._fleet_holds(now):
+            self._refuse_for_fleet(self.defer(), now)
+            return None
+        decision = self.policy.before_call(now)
         if isinstance(decision, Permit):
             if decision.probe:
                 self._sync()
@@ -300,12 +345,15 @@ class CircuitBreakerActor(Stage):
         """The policy's status (see ``BreakerPolicy.status``) plus ``stage``, ``service`` and
         ``totals``: calls since this incarnation started, by kind (successful, failed,
         slow, rejected, ignored)."""
-        return {
+        status = {
             "stage": self.stage,
             "service": self.service,
             **self.policy.status(self.clock.monotonic()),
             "totals": dict(self._totals),
         }
+        if self._fleet is not None:
+            status["fleet_probe"] = self._probe  # the fleet's probe lock: idle/asking/...
+        return status
 
     # -- timers and transitions -----------------------------------------------------------------
 
@@ -315,8 +363,11 @@ class CircuitBreakerActor(Stage):
         now = self.clock.monotonic()
         due = policy.next_transition_at
         if due is not None and due <= now:
-            policy.on_timer(now)
-            due = policy.next_transition_at
+            if self._fleet_holds(now):  # half-open waits for the fleet's probe lock
+                due = self._probe_retry_at if self._probe == "denied" else None
+            else:
+                policy.on_timer(now)
+                due = policy.next_transition_at
         transitions = policy.drain_transitions()
         if transitions:
             self._announce(transitions)
@@ -339,9 +390,65 @@ class CircuitBreakerActor(Stage):
         if timer is not None:
             timer.cancel()
 
+    # -- the fleet (a shared backend) -------------------------------------------------------
+
+    def _fleet_holds(self, now: float) -> bool:
+        """True while the breaker must stay open because another process may be probing:
+        its wait is over but this process does not hold the fleet's probe lock (asked for
+        here, once; the answer comes as a FleetProbe)."""
+        policy = self.policy
+        if self._fleet is None or self._probe == "granted" or policy.state != "open":
+            return False
+        if policy.retry_after(now) > 0.0:
+            return False
+        if self._probe == "idle" or (self._probe == "denied" and now >= self._probe_retry_at):
+            self._probe = "asking"
+            self._probe_token = token = object()
+            ttl = self.config.effective_probe_timeout
+            self._fleet.request_probe(self.service, self.self_ref, token, ttl)
+        return True
+
+    def _refuse_for_fleet(self, reply: Future[Any], now: float) -> None:
+        self._totals["rejected"] += 1
+        wait = max(self._probe_retry_at - now, 0.0) if self._probe == "denied" else 0.0
+        reply.try_set_exception(CircuitOpen(self.service, wait, state="open"))
+
+    def _from_fleet(self, message: FleetTrip | FleetRecovered | FleetProbe) -> None:
+        now = self.clock.monotonic()
+        if isinstance(message, FleetTrip):
+            self.policy.trip(now, now - message.age)
+        elif isinstance(message, FleetRecovered):
+            self.policy.recover(now)
+        else:
+            if message.token is not self._probe_token or self._probe != "asking":
+                return
+            if message.granted:
+                self._probe = "granted"
+            else:
+                self._probe = "denied"
+                self._probe_retry_at = now + max(message.wait, self.config.recovery_timeout / 10)
+        self._sync()
+
+    def _share(self, record: Transition) -> None:
+        """Tell the fleet what this process found; forget the probe lock on a state change."""
+        fleet = self._fleet
+        if fleet is None or record.to_state == "half_open":  # probing: keep the lock
+            return
+        held = self._probe == "granted"
+        self._probe = "idle"
+        self._probe_token = None
+        if record.to_state == "open" and record.reason in _LOCAL_TRIPS:
+            fleet.tripped(self.service, self.config)
+        if held:
+            if record.to_state == "closed" and record.reason == "probes_succeeded":
+                fleet.recovered(self.service)
+            else:
+                fleet.release_probe(self.service)
+
     def _announce(self, transitions: Sequence[Transition]) -> None:
         service = self.service
         for record in transitions:
+            self._share(record)
             event, level = _EVENTS[record.to_state]
             fields: dict[str, Any] = {
                 "service": service,

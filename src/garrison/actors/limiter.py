@@ -23,9 +23,17 @@ Throttle strategies shape how the limiter backs off (``throttle_strategy``):
   per recovery interval (the shortest window), never above the configured limits (AIMD).
 
 Whatever the strategy, a feedback carrying ``retry_after`` pauses admissions for that long
-(the server's ``Retry-After`` is honoured). Requests waiting in the queue when the actor
-stops or crashes fail with :class:`~garrison.errors.ActorUnavailable`; the windows survive a
-supervised restart (``snapshot()``/``restore()``).
+(the server's ``Retry-After`` is honoured).
+
+With a ``backend`` (a Redis backend, see :mod:`garrison.backends`) the windows live in Redis
+under the limiter's ``name``, shared by every process that uses the same backend and name;
+the queue, the throttling and the timers stay in this actor. When its mailbox is deep the
+actor takes the Executes queued behind the first one and decides them in one Redis round
+trip (a pipeline), in order; a ``_Flush`` it sends itself marks the end of the batch.
+
+Requests waiting in the queue when the actor stops or crashes fail with
+:class:`~garrison.errors.ActorUnavailable`; the windows survive a supervised restart
+(``snapshot()``/``restore()``).
 """
 
 from __future__ import annotations
@@ -45,14 +53,28 @@ from garrison._messages import Execute, Priority
 from garrison._ref import Ref
 from garrison._scheduler import Scheduler, TimerHandle
 from garrison.actors._stage import Stage
-from garrison.errors import ActorUnavailable, QueueFull, QueueTimeout, RateLimited
+from garrison.backends._protocol import Backend, SharedLimits
+from garrison.errors import (
+    ActorUnavailable,
+    BackendUnavailable,
+    QueueFull,
+    QueueTimeout,
+    RateLimited,
+)
 from garrison.observability.events import emit
-from garrison.policies.rate import RateLimitConfig, RateLimitPolicy
+from garrison.policies.rate import Decision, RateLimitConfig, RateLimitPolicy
 
 __all__ = ["RateLimitFeedback", "RateLimiterActor"]
 
 _STREAKS_KEPT = 10_000
 _RECOVERY_STEP = 0.1
+_BATCH_DEPTH = 2
+"""With a backend: start a batch when at least this many messages wait behind an Execute."""
+_BATCH_MAX = 64
+"""With a backend: the most Executes decided in one Redis round trip."""
+_REFUSALS = (TypeError, ValueError, BackendUnavailable)
+"""What a policy raises instead of deciding: a cost no window can ever admit, or a backend
+that is down with ``on_limit_error="closed"``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +96,13 @@ class _Drain:
 
 @dataclass(frozen=True, slots=True)
 class _Recover:
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Flush:
+    """The end of a batch: every Execute queued before it has joined the batch."""
+
     token: int
 
 
@@ -134,13 +163,26 @@ class RateLimiterActor(Stage):
         clock: Clock | None = None,
         scheduler: Scheduler | None = None,
         loop: EventLoopThread | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if not isinstance(config, RateLimitConfig):
             raise TypeError(f"config must be a RateLimitConfig, got {config!r}")
         super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         self.config = config
         self.name = name if name is not None else ""
-        self.policy = RateLimitPolicy(config)
+        self.policy: RateLimitPolicy | SharedLimits
+        self._shared: SharedLimits | None = None
+        if backend is None:
+            self.policy = RateLimitPolicy(config)
+        else:
+            if not self.name:
+                raise ValueError(
+                    "a rate limiter with a backend needs a name: its windows are kept under it"
+                )
+            self.policy = self._shared = backend.rate_policy(config, self.name)
+        self._batch: list[tuple[Execute, Future[Any]]] | None = None
+        self._batch_token = 0
+        self.batches = 0
         self._queues: dict[Hashable, _KeyQueue] = {}
         self._waiting = 0
         self._seq = itertools.count()
@@ -167,15 +209,67 @@ class RateLimiterActor(Stage):
 
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Admit, queue or reject ``message`` against its key's limits."""
+        if self._shared is not None and self._batched(message, reply):
+            return
+        self._decide(message, reply, None)
+
+    def _batched(self, message: Execute, reply: Future[Any]) -> bool:
+        """Join (or start) a batch when the mailbox is deep; True if ``message`` joined."""
+        batch = self._batch
+        if batch is None:
+            if self.mailbox.qsize() < _BATCH_DEPTH:
+                return False
+            self._batch = [(message, reply)]
+            self._batch_token += 1
+            self.self_ref.tell(_Flush(self._batch_token))
+            return True
+        batch.append((message, reply))
+        if len(batch) >= _BATCH_MAX:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Decide the batch: one Redis round trip for the requests that go to the policy."""
+        batch, self._batch = self._batch, None
+        if not batch or self._shared is None:
+            return
+        self.batches += 1
+        now = self.clock.monotonic()
+        paused = now < self._paused_until
+        direct = [
+            i
+            for i, (message, _) in enumerate(batch)
+            if not paused and self._queue_empty(message.key)
+        ]
+        decided = self._shared.acquire_many(
+            [(batch[i][0].key, batch[i][0].cost) for i in direct], now
+        )
+        outcomes: dict[int, Decision | BaseException] = dict(zip(direct, decided, strict=True))
+        for i, (message, reply) in enumerate(batch):
+            self._decide(message, reply, outcomes.get(i))
+
+    def _queue_empty(self, key: Hashable) -> bool:
+        queue = self._queues.get(key)
+        return queue is None or queue.head() is None
+
+    def _decide(
+        self, message: Execute, reply: Future[Any], decided: Decision | BaseException | None
+    ) -> None:
+        """Admit, queue or reject ``message``; ``decided``: the policy's answer, if taken."""
         now = self.clock.monotonic()
         key = message.key
         cost = message.cost
         queue = self._queues.get(key)
         paused = now < self._paused_until
-        if (queue is None or queue.head() is None) and not paused:
+        if decided is not None or ((queue is None or queue.head() is None) and not paused):
             try:
-                decision = self.policy.acquire(key, now, cost)
-            except (TypeError, ValueError) as error:  # a cost no window can ever admit
+                if decided is None:
+                    decision = self.policy.acquire(key, now, cost)
+                elif isinstance(decided, BaseException):
+                    raise decided
+                else:
+                    decision = decided
+            except _REFUSALS as error:  # a cost no window admits, or a backend down
                 reply.try_set_exception(error)
                 return
             if decision.allowed:
@@ -216,7 +310,7 @@ class RateLimiterActor(Stage):
             if total <= min(self.policy.effective_limits()):
                 return self.policy.peek(key, now, total).retry_after
             head_wait = self.policy.peek(key, now, cost).retry_after
-        except (TypeError, ValueError):
+        except _REFUSALS:
             head_wait = 0.0
         return head_wait + ahead * self._interval / max(self.policy.rate_factor, 1e-9)
 
@@ -286,7 +380,7 @@ class RateLimiterActor(Stage):
                 break
             try:
                 decision = self.policy.acquire(key, now, head.message.cost)
-            except (TypeError, ValueError) as error:
+            except _REFUSALS as error:
                 self._finish(queue, heapq.heappop(queue.entries))
                 head.reply.try_set_exception(error)
                 continue
@@ -373,6 +467,10 @@ class RateLimiterActor(Stage):
         if isinstance(message, _Recover):
             self._recover(message)
             return None
+        if isinstance(message, _Flush):
+            if message.token == self._batch_token:
+                self._flush()
+            return None
         return super().handle_other(message)
 
     def status(self) -> dict[str, Any]:
@@ -403,7 +501,13 @@ class RateLimiterActor(Stage):
             "queue_timeouts": self.queue_timeouts,
             "feedbacks": self.feedbacks,
             "keys": self.policy.key_count(),
+            **self._shared_status(),
         }
+
+    def _shared_status(self) -> dict[str, Any]:
+        if self._shared is None:
+            return {}
+        return {"shared": self._shared.backend_status(), "batches": self.batches}
 
     def snapshot(self) -> dict[str, Any]:
         """The windows and the rate factor, for a supervised restart."""
@@ -423,6 +527,9 @@ class RateLimiterActor(Stage):
         self._abandon("the rate limiter crashed")
 
     def _abandon(self, reason: str) -> None:
+        batch, self._batch = self._batch, None
+        for _, reply in batch or ():
+            reply.try_set_exception(ActorUnavailable(self.mailbox.name, reason))
         for queue in self._queues.values():
             if queue.timer is not None:
                 queue.timer.cancel()

@@ -142,6 +142,16 @@ Fallbacks
   supervisor (``OperationFailed``), by the source that answered them (``none``: nothing did).
 - ``garrison_fallback_cache_size{name}`` (gauge): entries in the last-success cache.
 
+Shared backend (a runtime with ``backend=``; see :mod:`garrison.backends`)
+
+- ``garrison_backend_up{backend}`` (gauge): 1 while Redis answers (the breaker on its
+  connection is closed), 0 while limiters decide per ``on_backend_error``.
+- ``garrison_backend_degraded_total{backend}`` (counter): how often the backend became
+  unreachable (each also logged as ``garrison.backend.degraded``).
+- ``garrison_backend_errors_total{backend}`` (counter): Redis calls that failed.
+- ``garrison_backend_processes{backend}`` (gauge): the ``N`` of the local share (configured,
+  or the processes last seen in the heartbeat set).
+
 Supervision (the runtime's tree: its root supervisor and everything below it)
 
 - ``garrison_supervisor_restarts_total{supervisor}`` (counter): restarts a supervisor carried
@@ -424,6 +434,26 @@ METRICS: Final[dict[str, tuple[str, tuple[str, ...], str]]] = {
         ("name",),
         "Entries in the fallback's last-success cache.",
     ),
+    "garrison_backend_up": (
+        "gauge",
+        ("backend",),
+        "1 while the shared backend (Redis) answers, else 0.",
+    ),
+    "garrison_backend_degraded_total": (
+        "counter",
+        ("backend",),
+        "How often the shared backend became unreachable.",
+    ),
+    "garrison_backend_errors_total": (
+        "counter",
+        ("backend",),
+        "Calls to the shared backend that failed.",
+    ),
+    "garrison_backend_processes": (
+        "gauge",
+        ("backend",),
+        "The number of processes a local share of each limit is computed for.",
+    ),
     "garrison_supervisor_restarts_total": (
         "counter",
         ("supervisor",),
@@ -596,6 +626,14 @@ _CONVERTERS: Final[dict[str, Callable[[_Sink, str, Mapping[str, Any]], None]]] =
 }
 
 
+def _backend(out: _Sink, status: Mapping[str, Any]) -> None:
+    label = (str(status.get("backend")),)
+    out.add("garrison_backend_up", label, int(bool(status.get("up"))))
+    out.add("garrison_backend_degraded_total", label, status.get("degraded_total"))
+    out.add("garrison_backend_errors_total", label, status.get("errors_total"))
+    out.add("garrison_backend_processes", label, status.get("local_share_of"))
+
+
 _SUPERVISOR_CLASSES = frozenset({"Supervisor", "PipelineSupervisor"})
 
 
@@ -677,6 +715,8 @@ class RuntimeCollector:
         out.add("garrison_runtime_up", (), int(running))
         if not running:
             return
+        for backend in runtime.backends():
+            _backend(out, backend.status())
         asks: list[tuple[str, str, str, Future[Any]]] = []
         for stage, name, source, ref in self._sources():
             try:

@@ -113,8 +113,11 @@ TransitionReason: TypeAlias = Literal[
     "forced_close",
     "disabled",
     "reset",
+    "fleet_trip",
+    "fleet_recovered",
 ]
-"""Why a :class:`Transition` happened."""
+"""Why a :class:`Transition` happened (``fleet_*``: told by other processes, see
+:meth:`BreakerPolicy.trip` and :meth:`BreakerPolicy.recover`)."""
 
 CLOSED: Final = "closed"
 OPEN: Final = "open"
@@ -882,6 +885,30 @@ class BreakerPolicy:
                 self._open(now, "probe_timeout")
                 return True
         return False
+
+    # -- other processes (a shared backend) ----------------------------------------------------
+
+    def trip(self, now: float, opened_at: float | None = None) -> None:
+        """Open because other processes tripped (reason ``"fleet_trip"``).
+
+        ``opened_at`` (default ``now``, never later) is when the trip happened, so the
+        recovery wait runs from there. Closed and half-open breakers open; an open one
+        restarts its wait if the trip is newer than its own opening; forced and disabled
+        breakers are left alone.
+        """
+        state = self._state
+        if state is FORCED_OPEN or state is DISABLED:
+            return
+        at = now if opened_at is None else min(opened_at, now)
+        if state is OPEN and at <= self._opened_at:
+            return
+        self._open(at, "fleet_trip")
+
+    def recover(self, now: float) -> None:
+        """Close because another process's probes succeeded (reason ``"fleet_recovered"``);
+        only an open or half-open breaker changes."""
+        if self._state is OPEN or self._state is HALF_OPEN:
+            self._close(now, "fleet_recovered")
 
     # -- manual control ------------------------------------------------------------------------
 

@@ -1,0 +1,359 @@
+"""Circuit-breaker trips shared through Redis: a sorted set of trips, pub/sub, a probe lock.
+
+Each process keeps its own breaker actors; nothing here is on their call path. The
+:class:`Fleet` of a backend runs two threads:
+
+- an **io thread** that does every Redis write: a trip (``ZADD`` to
+  ``garrison:<ns>:<service>:{breaker}:trips`` with the server's time, trimmed to the trip
+  window, ``PX`` expiry, then ``PUBLISH`` on ``garrison:<ns>:breakers``), the fleet-wide
+  probe lock (``SET ...:probe <process> NX PX <probe timeout>``: one process probes for
+  all), a recovery (the trips are deleted, the lock released, ``closed`` published), the
+  heartbeat of this process (a sorted set of live processes: its size is the ``N`` of the
+  rate limiters' local share) and the probes of a down Redis link;
+- a **subscriber thread** that listens on the channel and tells the registered breaker
+  actors: a trip by another process opens them once ``fleet_trip_quorum`` distinct
+  processes tripped within the window, a recovery closes them. Pub/sub loses messages
+  while a connection is down, so the trips are read again when a breaker registers, after
+  the subscriber (re)connects and when the link comes back.
+
+Both threads stop in :meth:`Fleet.close` (the runtime's ``stop``).
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from garrison._ref import Ref
+from garrison.backends._config import BackendConfig
+from garrison.backends._connection import BackendDown, RedisLink, Script
+from garrison.backends._protocol import FleetProbe, FleetRecovered, FleetTrip
+from garrison.observability.events import emit
+from garrison.policies.breaker import CircuitBreakerConfig
+
+__all__ = ["Fleet"]
+
+_TRIP: Final = Script(
+    "trip",
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1] .. '|' .. string.format('%.0f', now))
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return now
+""",
+)
+
+_TRIPS: Final = Script(
+    "trips",
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local found = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf', 'WITHSCORES')
+table.insert(found, 1, now)
+return found
+""",
+)
+
+_PROBE: Final = Script(
+    "probe",
+    """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, 0}
+end
+return {0, redis.call('PTTL', KEYS[1])}
+""",
+)
+
+_RELEASE: Final = Script(
+    "release",
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if ARGV[2] ~= '' then
+  redis.call('DEL', KEYS[2])
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return 1
+""",
+)
+
+_HEARTBEAT: Final = Script(
+    "heartbeat",
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local span = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - span)
+redis.call('PEXPIRE', KEYS[1], span)
+return redis.call('ZCARD', KEYS[1])
+""",
+)
+
+_LISTEN_SECONDS: Final = 0.1
+_BEATS_KEPT: Final = 3
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+class Fleet:
+    """The breaker side of a Redis backend (see the module docstring)."""
+
+    def __init__(
+        self, link: RedisLink, config: BackendConfig, *, namespace: str, process: str
+    ) -> None:
+        self._link = link
+        self._config = config
+        self._prefix = f"garrison:{namespace}"
+        self._channel = f"{self._prefix}:breakers"
+        self.process = process
+        self._lock = threading.Lock()
+        self._breakers: dict[str, dict[object, tuple[Ref, CircuitBreakerConfig]]] = {}
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.processes_seen = 0
+        self.trips_published = 0
+        self.trips_received = 0
+        self.subscribed = threading.Event()
+        self._io = threading.Thread(
+            target=self._io_loop, name=f"garrison-{namespace}-redis-io", daemon=True
+        )
+        self._listener = threading.Thread(
+            target=self._listen_loop, name=f"garrison-{namespace}-redis-sub", daemon=True
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the io and subscriber threads."""
+        self._io.start()
+        self._listener.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop both threads and wait for them (bounded)."""
+        self._stop.set()
+        self._jobs.put(None)
+        for thread in (self._io, self._listener):
+            if thread.is_alive():
+                thread.join(timeout)
+
+    # -- the breaker actors' side (BreakerFleet) ------------------------------------------------
+
+    def register(self, service: str, ref: Ref, config: CircuitBreakerConfig) -> object:
+        """Tell ``ref`` about ``service``'s trips (and read the recent ones now)."""
+        token = object()
+        with self._lock:
+            self._breakers.setdefault(service, {})[token] = (ref, config)
+        self._jobs.put(lambda: self._resync(service))
+        return token
+
+    def unregister(self, token: object) -> None:
+        """Forget the breaker registered with ``token``."""
+        with self._lock:
+            for service, refs in list(self._breakers.items()):
+                if refs.pop(token, None) is not None and not refs:
+                    del self._breakers[service]
+
+    def tripped(self, service: str, config: CircuitBreakerConfig) -> None:
+        """Record and publish a trip of this process's breaker of ``service``."""
+        payload = json.dumps({"kind": "trip", "service": service, "process": self.process})
+        window = _ms(self._window(config))
+
+        def job() -> None:
+            self._link.evalsha(
+                _TRIP,
+                [self._key(service, "trips")],
+                [self.process, window, self._channel, payload],
+            )
+            self.trips_published += 1
+
+        self._jobs.put(job)
+
+    def recovered(self, service: str) -> None:
+        """This process's probes closed ``service``'s breaker: clear the trips, release the
+        probe lock, publish the recovery."""
+        payload = json.dumps({"kind": "closed", "service": service, "process": self.process})
+        keys = [self._key(service, "probe"), self._key(service, "trips")]
+        self._jobs.put(
+            lambda: self._link.evalsha(_RELEASE, keys, [self.process, self._channel, payload])
+        )
+
+    def request_probe(self, service: str, ref: Ref, token: object, ttl: float) -> None:
+        """Take ``service``'s probe lock for ``ttl`` s if it is free; answer ``ref``.
+
+        When Redis does not answer, the probe is granted: each process probes for itself
+        rather than keep its breaker open until Redis is back.
+        """
+
+        def job() -> None:
+            try:
+                granted, left = self._link.evalsha(
+                    _PROBE, [self._key(service, "probe")], [self.process, _ms(ttl)]
+                )
+            except BackendDown:
+                granted, left = 1, 0
+            _tell(ref, FleetProbe(token, bool(granted), max(int(left), 0) / 1000))
+
+        self._jobs.put(job)
+
+    def release_probe(self, service: str) -> None:
+        """Release ``service``'s probe lock if this process holds it."""
+        keys = [self._key(service, "probe"), self._key(service, "trips")]
+        self._jobs.put(lambda: self._link.evalsha(_RELEASE, keys, [self.process, "", ""]))
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _key(self, service: str, what: str) -> str:
+        return f"{self._prefix}:{service}:{{breaker}}:{what}"
+
+    def _window(self, config: CircuitBreakerConfig) -> float:
+        window = self._config.trip_window
+        return window if window is not None else config.recovery_timeout
+
+    def _registered(self, service: str) -> list[tuple[Ref, CircuitBreakerConfig]]:
+        with self._lock:
+            return list(self._breakers.get(service, {}).values())
+
+    def _resync(self, service: str) -> None:
+        """Read ``service``'s recent trips; tell its breakers if they reach the quorum."""
+        for ref, config in self._registered(service):
+            found = self._link.evalsha(
+                _TRIPS, [self._key(service, "trips")], [_ms(self._window(config))]
+            )
+            now = int(found[0])
+            processes: set[str] = set()
+            latest = None
+            for member, score in zip(found[1::2], found[2::2], strict=True):
+                processes.add(member.decode().rsplit("|", 1)[0])
+                latest = float(score) if latest is None else max(latest, float(score))
+            if latest is not None and len(processes) >= self._config.fleet_trip_quorum:
+                _tell(ref, FleetTrip(service, max(0.0, (now - latest) / 1000), len(processes)))
+
+    def _resync_all(self) -> None:
+        with self._lock:
+            services = list(self._breakers)
+        for service in services:
+            self._resync(service)
+
+    def _heartbeat(self) -> None:
+        span = _ms(self._config.heartbeat_interval * _BEATS_KEPT)
+        self.processes_seen = int(
+            self._link.evalsha(_HEARTBEAT, [f"{self._prefix}:processes"], [self.process, span])
+        )
+
+    # -- the io thread --------------------------------------------------------------------------
+
+    def _io_loop(self) -> None:
+        link = self._link
+        beat_every = self._config.heartbeat_interval
+        next_beat = 0.0
+        was_up = True
+        while True:
+            wait = next_beat - time.monotonic()
+            if not link.health.up:
+                wait = min(wait, self._config.retry_interval / 4)
+            try:
+                job = self._jobs.get(timeout=max(wait, 0.0))
+            except queue.Empty:
+                job = _idle
+            if job is None:
+                return
+            self._run(job)
+            up = link.probe()
+            if up and not was_up:
+                self._run(self._resync_all)
+            was_up = up
+            if time.monotonic() >= next_beat:
+                self._run(self._heartbeat)
+                next_beat = time.monotonic() + beat_every
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BackendDown:
+            pass  # counted by the link; a lost trip is found again by the next resync
+        except Exception as error:
+            emit("garrison.backend.job_failed", level="error", channel=self._channel, error=error)
+
+    # -- the subscriber thread ------------------------------------------------------------------
+
+    def _listen_loop(self) -> None:
+        errors = self._link.errors
+        while not self._stop.is_set():
+            pubsub = self._link.pubsub()
+            try:
+                pubsub.subscribe(self._channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=_LISTEN_SECONDS)
+                    if message is None:
+                        continue
+                    if message.get("type") == "subscribe":  # (re)connected: read what we missed
+                        self.subscribed.set()
+                        self._jobs.put(self._resync_all)
+                    elif message.get("type") == "message":
+                        self._received(message.get("data"))
+            except errors as error:
+                self.subscribed.clear()
+                emit(
+                    "garrison.backend.subscriber_disconnected",
+                    level="debug",
+                    channel=self._channel,
+                    error=error,
+                )
+                self._stop.wait(self._config.retry_interval)
+            finally:
+                pubsub.close()
+
+    def _received(self, data: object) -> None:
+        try:
+            event: dict[str, Any] = json.loads(data)  # type: ignore[arg-type]
+            kind, service, process = event["kind"], event["service"], event["process"]
+        except (TypeError, ValueError, KeyError):
+            return  # not one of ours
+        if process == self.process:
+            return
+        if kind == "trip":
+            self.trips_received += 1
+            if self._config.fleet_trip_quorum <= 1:
+                for ref, _ in self._registered(service):
+                    _tell(ref, FleetTrip(service))
+            else:
+                self._jobs.put(lambda: self._resync(service))
+        elif kind == "closed":
+            for ref, _ in self._registered(service):
+                _tell(ref, FleetRecovered(service))
+
+    def status(self) -> dict[str, Any]:
+        """Counters and the heartbeat's view of the fleet."""
+        with self._lock:
+            services = sorted(self._breakers)
+        return {
+            "process": self.process,
+            "processes_seen": self.processes_seen,
+            "subscribed": self.subscribed.is_set(),
+            "breakers": services,
+            "trips_published": self.trips_published,
+            "trips_received": self.trips_received,
+        }
+
+
+def _idle() -> None:
+    """Nothing to do: the io loop woke up for the heartbeat or a link probe."""
+
+
+def _tell(ref: Ref, message: object) -> None:
+    try:
+        ref.tell(message)
+    except Exception as error:  # a stopped actor: nothing to tell
+        emit("garrison.backend.tell_failed", level="debug", actor=str(ref), error=error)
