@@ -231,6 +231,7 @@ class BulkheadActor(Stage):
         self.wait_timeouts = 0
         self._lock = threading.RLock()
         self._closed = False
+        self._launches: deque[tuple[Ref, Execute, Future[Any]]] = deque()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -311,6 +312,8 @@ class BulkheadActor(Stage):
 
         False means: send it to the actor (which queues or refuses it). Safe from any thread.
         """
+        if self._queued or self._in_flight >= self.config.concurrency:
+            return False  # a racy first look, to leave the lock alone when it is busy
         with self._lock:
             if (
                 self._closed
@@ -320,7 +323,8 @@ class BulkheadActor(Stage):
             ):
                 return False
             self._start(message, reply)
-            return True
+        self._launch()
+        return True
 
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Run ``message`` now, queue it, or refuse it with BulkheadFull."""
@@ -329,7 +333,7 @@ class BulkheadActor(Stage):
                 why = "too many workers are stuck in abandoned calls"
             elif self._can_start(message):
                 self._start(message, reply)
-                return
+                why = ""
             elif len(self._queued) >= self.config.max_queue:
                 why = "no slot is free and the queue is full"
             else:
@@ -339,7 +343,10 @@ class BulkheadActor(Stage):
                 if self.config.max_wait is not None:
                     entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
                 return
-        self._refuse(reply, why)
+        if why:
+            self._refuse(reply, why)
+        else:
+            self._launch()
 
     def _can_start(self, message: Execute) -> bool:
         if self._in_flight >= self.config.concurrency:
@@ -367,7 +374,18 @@ class BulkheadActor(Stage):
         else:
             worker = self._idle.popleft()
             record.worker = worker
-            worker.ref.forward(message, inner)
+            # Sent once the lock is released (by whichever thread gets there first).
+            self._launches.append((worker.ref, message, inner))
+
+    def _launch(self) -> None:
+        """Hand the operations started under the lock to their workers."""
+        launches = self._launches
+        while launches:
+            try:
+                ref, message, inner = launches.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            ref.forward(message, inner)
 
     def _start_waiting(self) -> None:
         queue = self._queue
@@ -394,6 +412,7 @@ class BulkheadActor(Stage):
         """An operation finished (in the thread that finished it): book it, then answer."""
         try:
             self._complete(reply)
+            self._launch()
         except BaseException as error:
             # The caller still gets its outcome; the actor crashes in its own thread.
             copy_outcome(inner, reply)
@@ -427,6 +446,7 @@ class BulkheadActor(Stage):
     def _abandon(self, reply: Future[Any]) -> None:
         with self._lock:
             self._abandon_locked(reply)
+        self._launch()
 
     def _abandon_locked(self, reply: Future[Any]) -> None:
         entry = self._queued.get(reply)
@@ -463,6 +483,7 @@ class BulkheadActor(Stage):
     def _worker_ended(self, worker: _Worker, error: BaseException | None) -> None:
         with self._lock:
             self._worker_ended_locked(worker, error)
+        self._launch()
 
     def _worker_ended_locked(self, worker: _Worker, error: BaseException | None) -> None:
         worker.dead = True  # a late completion must not put it back among the idle
