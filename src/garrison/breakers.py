@@ -40,6 +40,7 @@ from garrison.actors.breaker import (
     ForceOpen,
     Report,
     Reset,
+    TakeSnapshot,
     TransitionListener,
 )
 from garrison.errors import ActorUnavailable, AskTimeout
@@ -330,6 +331,48 @@ class CircuitBreakerManager:
             self._handles[name] = handle
             self._borrowed.add(name)
             return handle
+
+    def hand_over(self, name: str, config: CircuitBreakerConfig) -> dict[str, Any] | None:
+        """The state of ``name``'s standalone breaker, for a pipeline about to take it over.
+
+        None if ``name`` has no breaker. ValueError if a pipeline has it already, or if its
+        config is not ``config``. See :meth:`adopt`.
+        """
+        with self._lock:
+            handle = self._handles.get(name)
+            if handle is None:
+                return None
+            if name in self._borrowed:
+                raise ValueError(f"circuit breaker {name!r} already belongs to a pipeline")
+            if handle.config != config:
+                raise ValueError(
+                    f"circuit breaker {name!r} already exists with a different config: "
+                    f"{handle.config!r}; the pipeline asks for {config!r}"
+                )
+        state = handle.ref.ask(TakeSnapshot(), self._timeout)
+        assert isinstance(state, dict)
+        return state
+
+    def adopt(self, name: str, ref: Ref, config: CircuitBreakerConfig) -> CircuitBreakerHandle:
+        """Point ``name``'s existing handle at a pipeline's breaker stage ``ref``.
+
+        The pipeline's stage started from the standalone breaker's state
+        (:meth:`hand_over`); the standalone actor is stopped, and whoever holds the handle
+        now reaches the pipeline's breaker. Without an existing breaker this is
+        :meth:`register`.
+        """
+        with self._lock:
+            handle = self._handles.get(name)
+            if handle is None or name in self._borrowed:
+                handle = None
+            else:
+                handle._ref = ref
+                self._borrowed.add(name)
+        if handle is None:
+            return self.register(name, ref, config)
+        with contextlib.suppress(LookupError, ActorUnavailable, AskTimeout):
+            self._runtime.supervisor.terminate_child(f"breaker:{name}")
+        return handle
 
     def get(self, name: str) -> CircuitBreakerHandle | None:
         """The handle of ``name``'s breaker, or None if there is none."""

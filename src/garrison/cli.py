@@ -150,7 +150,8 @@ def _describe_timeout(config: TimeoutConfig) -> str:
         return f"fixed {_seconds(config.base_timeout)}"
     return (
         f"base {_seconds(config.base_timeout)}, adaptive (mean + {_num(config.k)} stdev after "
-        f"{config.min_samples} samples, max {_seconds(config.effective_max_timeout)})"
+        f"{config.min_samples} samples, min {_seconds(config.effective_min_timeout)}, "
+        f"max {_seconds(config.effective_max_timeout)})"
     )
 
 

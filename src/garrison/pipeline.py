@@ -127,6 +127,18 @@ class FallbackConfig:
         return cls(value=spec)
 
 
+class _Keep:
+    """The default of :meth:`PipelineView.options`: keep the view's value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
 @dataclass(frozen=True, slots=True)
 class _Options:
     key: Hashable | None = None
@@ -200,22 +212,32 @@ class PipelineView:
     def options(
         self,
         *,
-        key: Hashable | None = None,
-        priority: Priority | str | None = None,
-        timeout: float | None = None,
-        name: str | None = None,
-        cost: int | None = None,
+        key: Hashable | _Keep | None = KEEP,
+        priority: Priority | str | _Keep | None = KEEP,
+        timeout: float | _Keep | None = KEEP,
+        name: str | _Keep | None = KEEP,
+        cost: int | _Keep | None = KEEP,
     ) -> PipelineView:
-        """A view with these options changed (validated when a call builds its Execute)."""
+        """A view with these options changed (validated when a call builds its Execute).
+
+        An option left out keeps this view's value; ``None`` resets it to its default (no
+        key, normal priority, the timeout stage's timeout, the function's name, cost 1).
+        """
         current = self._options
         return PipelineView(
             self._pipeline,
             _Options(
-                key=key if key is not None else current.key,
-                priority=Priority.parse(priority) if priority is not None else current.priority,
-                timeout=timeout if timeout is not None else current.timeout,
-                name=name if name is not None else current.name,
-                cost=cost if cost is not None else current.cost,
+                key=current.key if isinstance(key, _Keep) else key,
+                priority=(
+                    current.priority
+                    if isinstance(priority, _Keep)
+                    else Priority.NORMAL
+                    if priority is None
+                    else Priority.parse(priority)
+                ),
+                timeout=current.timeout if isinstance(timeout, _Keep) else timeout,
+                name=current.name if isinstance(name, _Keep) else (name or ""),
+                cost=current.cost if isinstance(cost, _Keep) else (1 if cost is None else cost),
             ),
         )
 
@@ -378,6 +400,7 @@ class PipelineSupervisor(Supervisor):
         loop: EventLoopThread | None = None,
         dead_letters: DeadLetters | None = None,
         fused: bool = True,
+        adopted_breaker: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(stages, PipelineStages):
@@ -387,6 +410,9 @@ class PipelineSupervisor(Supervisor):
         )
         self.stages = stages
         self.fused = fused
+        # A standalone breaker's state, for the breaker stage's first start only (the list
+        # is shared with later rebuilds of this supervisor, which find it empty).
+        self._adopted_breaker = adopted_breaker if adopted_breaker is not None else []
 
     def child_specs(self) -> Iterator[ChildSpec]:
         """The stages, innermost first: one actor each, or one :class:`StageHost` if fused."""
@@ -412,6 +438,11 @@ class PipelineSupervisor(Supervisor):
             )
             below = stage.name
 
+    def _take_adopted_breaker(self) -> dict[str, Any]:
+        if self._adopted_breaker:
+            return {"initial_state": self._adopted_breaker.pop()}
+        return {}
+
     def layout(self) -> list[HostedStage]:
         """bulkhead, then timeout, rate limiter, breaker, retry, fallback (those present)."""
         stages = self.stages
@@ -429,7 +460,7 @@ class PipelineSupervisor(Supervisor):
                 "circuit_breaker",
                 CircuitBreakerActor,
                 stages.circuit_breaker,
-                {"service": name, **shared},
+                {"service": name, **shared, **self._take_adopted_breaker()},
             ),
             ("retry", RetryActor, stages.retry, {"service": name}),
         ):
@@ -476,6 +507,11 @@ def build_pipeline(
         raise ValueError(f"pipeline name must be a non-empty string without '/', got {name!r}")
     if not isinstance(fused, bool):
         raise TypeError(f"fused must be True or False, got {fused!r}")
+    # A breaker made earlier with rt.breakers.get_or_create(name) is taken over: the stage
+    # starts from its state and its handle then reaches the stage.
+    adopted = (
+        runtime.breakers.hand_over(name, circuit_breaker) if circuit_breaker is not None else None
+    )
     stages = PipelineStages(
         name,
         rate_limit=rate_limit,
@@ -496,6 +532,7 @@ def build_pipeline(
                 "max_restarts": max_restarts,
                 "within_seconds": within_seconds,
                 "fused": fused,
+                "adopted_breaker": [adopted] if adopted is not None else [],
             },
             restart=Restart.PERMANENT,
             shutdown_timeout=30.0,
@@ -512,7 +549,7 @@ def build_pipeline(
         refs = {stage: supervisor.child(stage) for stage in present}
     if circuit_breaker is not None:
         try:
-            runtime.breakers.register(name, refs["circuit_breaker"], circuit_breaker)
+            runtime.breakers.adopt(name, refs["circuit_breaker"], circuit_breaker)
         except BaseException:
             runtime.supervisor.terminate_child(f"pipeline:{name}")
             raise

@@ -155,6 +155,24 @@ def test_adaptive_policy_matches_the_seeds_formula(samples: list[float]):
     assert seed.response_times == recent
 
 
+def test_min_timeout_lets_a_fast_services_timeout_shrink():
+    # the seed's numbers: a 30 s base and responses of about 0.2 s never move the timeout
+    # (the base is the floor); a lower min_timeout lets it follow the service
+    samples = [0.2, 0.25, 0.15, 0.2, 0.3, 0.2]
+    seed_like = AdaptiveTimeoutPolicy(TimeoutConfig(base_timeout=30.0))
+    shrinking = AdaptiveTimeoutPolicy(TimeoutConfig(base_timeout=30.0, min_timeout=0.5))
+    for sample in samples:
+        seed_like.record(sample)
+        shrinking.record(sample)
+    assert seed_like.current() == 30.0
+    assert shrinking.current() == 0.5  # mean + 2 stdev is about 0.33: the floor holds
+    for sample in (2.0, 2.5, 3.0, 2.0, 2.2, 2.8):
+        shrinking.record(sample)
+    mean, stdev = shrinking.mean_and_stdev()
+    assert shrinking.current() == pytest.approx(mean + 2 * stdev)
+    assert shrinking.status()["min_timeout"] == 0.5
+
+
 def test_a_non_adaptive_policy_always_answers_the_base_timeout():
     policy = AdaptiveTimeoutPolicy(TimeoutConfig(base_timeout=3.0, adaptive=False))
     for duration in (10.0, 20.0, 30.0, 40.0, 50.0, 60.0):
@@ -182,6 +200,8 @@ def test_the_adaptive_timeout_is_thread_safe():
         ({"base_timeout": 0}, "base_timeout"),
         ({"base_timeout": float("nan")}, "base_timeout"),
         ({"base_timeout": 10, "max_timeout": 5}, "max_timeout"),
+        ({"base_timeout": 10, "min_timeout": 20}, "min_timeout"),
+        ({"min_timeout": 0}, "min_timeout"),
         ({"history": 1}, "history"),
         ({"min_samples": 200}, "min_samples"),
         ({"k": -1}, "k"),

@@ -127,6 +127,17 @@ def test_options_build_the_execute_message_and_chain(rt):
     low = vip.options(priority=Priority.LOW)
     assert (low.execute(add).key, low.execute(add).priority) == ("client-7", Priority.LOW)
     assert low.execute(add).name == "fetch"
+    # None resets an option to its default
+    reset = vip.options(key=None, timeout=None, priority=None, name=None, cost=None)
+    cleared = reset.execute(add)
+    assert (cleared.key, cleared.timeout, cleared.priority, cleared.cost) == (
+        None,
+        None,
+        Priority.NORMAL,
+        1,
+    )
+    assert cleared.name == "add"
+    assert vip.options(timeout=None).execute(add).key == "client-7"
     plain = api.execute(add, 1)
     assert (plain.key, plain.priority, plain.timeout, plain.cost) == (
         None,
@@ -817,3 +828,28 @@ def test_no_thread_is_left_after_stop(fused: bool):
     for thread in left:
         thread.join(5)
     assert [t.name for t in left if t.is_alive()] == []
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_pipeline_takes_over_a_breaker_made_before_it(rt, fused):
+    config = CircuitBreakerConfig(failure_threshold=1, recovery_timeout=60)
+    handle = rt.breakers.get_or_create("api", config)
+    with pytest.raises(ValueError, match="x"):
+        handle.call(fail, ValueError("x"))  # opens the standalone breaker
+    assert handle.get_status()["state"] == "open"
+    with pytest.raises(ValueError, match="different config"):
+        rt.pipeline("api", fused=fused, circuit_breaker=CircuitBreakerConfig())
+    api = rt.pipeline("api", fused=fused, circuit_breaker=config)
+    # the same handle now reaches the pipeline's breaker stage, which started open
+    assert rt.breakers.get("api") is handle
+    assert handle.ref == api.stages["circuit_breaker"]
+    with pytest.raises(CircuitOpen):
+        api.call(add, 1)
+    assert api.status()["circuit_breaker"]["state"] == "open"
+    handle.force_close()
+    assert api.call(add, 1) == 1
+    # the standalone breaker actor is gone from the tree
+    names = [child["name"] for child in rt.tree()["children"]]
+    assert "breaker:api" not in names
+    with pytest.raises(ValueError, match="already exists"):
+        rt.pipeline("api", circuit_breaker=config)

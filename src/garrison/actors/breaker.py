@@ -34,7 +34,7 @@ close too (``FleetRecovered``); if they fail, its new trip re-opens the others.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,6 +65,7 @@ __all__ = [
     "ForceOpen",
     "Report",
     "Reset",
+    "TakeSnapshot",
     "TransitionListener",
 ]
 
@@ -140,6 +141,11 @@ class Disable:
     """Admit every call and count nothing until reset or forced; the reply is the new state."""
 
 
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Ask for the breaker's state as plain data (what a supervisor keeps across a restart)."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class _Tick:
     """A timer of the breaker: apply the policy's timed changes (stale tokens are ignored)."""
@@ -176,6 +182,7 @@ class CircuitBreakerActor(Stage):
         seed: int | None = None,
         listeners: Sequence[TransitionListener] = (),
         backend: Backend | None = None,
+        initial_state: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         if not isinstance(config, CircuitBreakerConfig):
@@ -190,6 +197,8 @@ class CircuitBreakerActor(Stage):
         self.listeners: tuple[TransitionListener, ...] = tuple(listeners)
         self._rng = random.Random(seed)
         self.policy = BreakerPolicy(config, self._rng)
+        if initial_state is not None:  # taken over from another breaker (see snapshot())
+            self.policy = BreakerPolicy.restore(config, self._rng, dict(initial_state))
         self._totals = dict.fromkeys(("successful", "failed", "slow", "rejected", "ignored"), 0)
         self._timer: TimerHandle | None = None
         self._timer_due: float | None = None
@@ -286,6 +295,8 @@ class CircuitBreakerActor(Stage):
             return None
         if isinstance(message, ForceOpen | ForceClose | Reset | Disable):
             return self._manual(message)
+        if isinstance(message, TakeSnapshot):
+            return self.snapshot()
         return super().handle_other(message)
 
     def _acquire(self) -> Permit | None:

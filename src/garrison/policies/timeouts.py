@@ -26,16 +26,19 @@ __all__ = ["AdaptiveTimeout", "AdaptiveTimeoutPolicy", "TimeoutConfig"]
 class TimeoutConfig:
     """Settings of the timeout stage.
 
-    ``base_timeout`` (seconds) is the fixed timeout, and the floor of the adaptive one.
+    ``base_timeout`` (seconds) is the fixed timeout, and the adaptive one's starting point.
     With ``adaptive=True`` the timeout follows ``mean + k * stdev`` of the last ``history``
-    successful response times once ``min_samples`` are known, capped at ``max_timeout``
-    (default ``5 * base_timeout``). ``max_abandoned`` caps the workers left stuck in
+    successful response times once ``min_samples`` are known, never below ``min_timeout``
+    (default ``base_timeout``, as in the seed document: the timeout only ever grows; set it
+    lower to let a fast service's timeout shrink) and capped at ``max_timeout`` (default
+    ``5 * base_timeout``). ``max_abandoned`` caps the workers left stuck in
     synchronous calls that timed out (see the bulkhead).
     """
 
     base_timeout: float = 30.0
     adaptive: bool = True
     max_timeout: float | None = None
+    min_timeout: float | None = None
     history: int = 100
     min_samples: int = 5
     k: float = 2.0
@@ -53,6 +56,13 @@ class TimeoutConfig:
                     "max_timeout", f"must be >= base_timeout ({base:g}), got {self.max_timeout!r}"
                 )
             put(self, "max_timeout", cap)
+        if self.min_timeout is not None:
+            floor = require_number("min_timeout", self.min_timeout, above=0)
+            if floor > base:
+                raise ConfigError(
+                    "min_timeout", f"must be <= base_timeout ({base:g}), got {self.min_timeout!r}"
+                )
+            put(self, "min_timeout", floor)
         history = require_int("history", self.history, minimum=2)
         min_samples = require_int("min_samples", self.min_samples, minimum=2)
         if min_samples > history:
@@ -61,6 +71,11 @@ class TimeoutConfig:
         if k < 0:
             raise ConfigError("k", f"must be >= 0, got {self.k!r}")
         put(self, "k", k)
+
+    @property
+    def effective_min_timeout(self) -> float:
+        """``min_timeout``, or ``base_timeout`` when it is not set."""
+        return self.min_timeout if self.min_timeout is not None else self.base_timeout
 
     @property
     def effective_max_timeout(self) -> float:
@@ -125,7 +140,8 @@ class AdaptiveTimeoutPolicy:
         if not config.adaptive or len(self._samples) < config.min_samples:
             return config.base_timeout
         mean, stdev = self.mean_and_stdev()
-        return min(max(mean + config.k * stdev, config.base_timeout), config.effective_max_timeout)
+        floor, cap = config.effective_min_timeout, config.effective_max_timeout
+        return min(max(mean + config.k * stdev, floor), cap)
 
     def status(self) -> dict[str, Any]:
         """A JSON-friendly summary."""
@@ -133,6 +149,7 @@ class AdaptiveTimeoutPolicy:
         return {
             "timeout": self.current(),
             "base_timeout": self.config.base_timeout,
+            "min_timeout": self.config.effective_min_timeout,
             "max_timeout": self.config.effective_max_timeout,
             "adaptive": self.config.adaptive,
             "samples": len(self._samples),
