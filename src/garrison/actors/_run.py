@@ -85,7 +85,9 @@ def _run_coroutine(
 
 def copy_outcome(source: Future[Any], target: Future[Any]) -> bool:
     """Complete ``target`` with ``source``'s outcome (``source`` must be done)."""
-    error = source.exception(0)
+    if not source.done():
+        raise RuntimeError("copy_outcome() needs a completed source future")
+    error = source._error  # read directly: this runs once per stage per operation
     if error is None:
-        return target.try_set_result(source.get(0))
+        return target.try_set_result(source._value)
     return target.try_set_exception(error)
