@@ -55,6 +55,7 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import httpx
@@ -64,7 +65,7 @@ from garrison._messages import Priority
 from garrison.actors.bulkhead import BulkheadConfig
 from garrison.actors.limiter import RateLimitFeedback
 from garrison.errors import ConfigError, GarrisonError
-from garrison.pipeline import Pipeline
+from garrison.pipeline import Pipeline, PipelineView
 from garrison.policies.backoff import (
     ExceptionSpec,
     RetryConfig,
@@ -141,7 +142,7 @@ _DEFAULT_HTTP_TIMEOUT: Final = 30.0
 _DEFAULT_MAX_DELAY: Final = 60.0  # RetryConfig's
 _DEFAULT_MAX_RETRY_AFTER: Final = 60.0
 _RATE_LIMIT_STATUSES: Final = (429, 503)
-_URL_CACHE_SIZE: Final = 4096
+_CACHE_SIZE: Final = 4096  # endpoint URLs and pipeline views kept, each
 _UNSAFE_METHODS: Final = frozenset(("POST", "PATCH"))
 # Transport errors raised before the request left: safe to resend whatever the method.
 _NOT_SENT: Final = (
@@ -663,10 +664,12 @@ def _relative_url(endpoint: object) -> httpx.URL:
 class HttpClient:
     """An HTTP client whose requests are operations of the pipeline ``http:<name>``.
 
-    Build it with :func:`build_http_client` (or ``rt.http_client(...)``). One
-    ``httpx.Client`` (connection pool) per HttpClient, closed by :meth:`close` (or the end
-    of a ``with`` block). ``pipeline`` is the :class:`~garrison.Pipeline` (``stages``,
-    ``status()``), ``config`` the :class:`HttpClientConfig`.
+    Build it with :func:`build_http_client` (or ``rt.http_client(...)``). Each bulkhead
+    worker thread sends with its own ``httpx.Client`` (its own keep-alive connection pool:
+    no pool lock shared by the workers), all sharing one cookie jar and one SSL context; with
+    a ``transport`` given, one client is shared instead. :meth:`close` (or the end of a
+    ``with`` block) closes them all. ``pipeline`` is the :class:`~garrison.Pipeline`
+    (``stages``, ``status()``), ``config`` the :class:`HttpClientConfig`.
     """
 
     def __init__(
@@ -681,13 +684,22 @@ class HttpClient:
         self.pipeline = pipeline
         self.config = config
         self._limiter = pipeline.stages.get("rate_limiter")
-        self._client = httpx.Client(
-            base_url=config.base_url,
-            headers=dict(config.headers),
-            timeout=config.effective_http_timeout,
-            transport=transport,
-        )
+        self._cookies = CookieJar()  # thread-safe; shared by every client below
+        self._ssl_context = httpx.create_ssl_context() if transport is None else None
+        # The shared client: merges URLs, and sends when a transport is given.
+        self._client = self._new_client(transport)
+        self._per_thread = transport is None
+        self._local = threading.local()
+        self._pools: list[tuple[threading.Thread, httpx.Client]] = []
         self._urls: dict[str, httpx.URL] = {}
+        self._views: dict[tuple[Hashable, ...], PipelineView] = {}
+
+        def operation(request: _Request) -> httpx.Response:
+            return self._send(request)
+
+        # A plain function, not the bound method: the bulkhead tells a plain function from a
+        # coroutine function by a flag; a method would cost it an inspect.* walk per request.
+        self._operation = operation
         self._max_retry_after = config.effective_max_retry_after
         self._guard_methods = frozenset() if config.retry_non_idempotent else _UNSAFE_METHODS
         self._lock = threading.Lock()
@@ -882,7 +894,7 @@ class HttpClient:
         """Merge ``endpoint`` with the base URL as httpx does, once per endpoint (cached)."""
         url = self._client.build_request("GET", _relative_url(endpoint)).url
         urls = self._urls
-        if len(urls) >= _URL_CACHE_SIZE:
+        if len(urls) >= _CACHE_SIZE:
             urls.clear()  # endpoints with ids in their path: start over rather than grow
         urls[cast(str, endpoint)] = url
         return url
@@ -890,13 +902,49 @@ class HttpClient:
     def _submit(self, request: _Request) -> Future[httpx.Response]:
         if self._closed:
             raise RuntimeError(f"HTTP client {self.name!r} is closed")
-        view = self.pipeline.options(
-            key=request.key,
-            priority=request.priority,
-            timeout=request.timeout,
-            name=f"{request.method} {request.endpoint}",
+        options = (request.method, request.endpoint, request.priority, request.key, request.timeout)
+        views = self._views
+        view = views.get(options)
+        if view is None:
+            view = self.pipeline.options(
+                key=request.key,
+                priority=request.priority,
+                timeout=request.timeout,
+                name=f"{request.method} {request.endpoint}",
+            )
+            if len(views) >= _CACHE_SIZE:
+                views.clear()
+            views[options] = view
+        return view.submit(self._operation, request)
+
+    def _new_client(self, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+        config = self.config
+        return httpx.Client(
+            base_url=config.base_url,
+            headers=dict(config.headers),
+            timeout=config.effective_http_timeout,
+            cookies=self._cookies,
+            verify=self._ssl_context if self._ssl_context is not None else True,
+            transport=transport,
         )
-        return view.submit(self._send, request)
+
+    def _thread_client(self) -> httpx.Client:
+        """This worker thread's client, made on its first request."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is not None:
+            return client
+        thread = threading.current_thread()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"HTTP client {self.name!r} is closed")
+            ended = [old for owner, old in self._pools if not owner.is_alive()]
+            self._pools = [(owner, old) for owner, old in self._pools if owner.is_alive()]
+            client = self._new_client()
+            self._pools.append((thread, client))
+        for old in ended:  # the pools of workers that ended (retired, replaced)
+            old.close()
+        self._local.client = client
+        return client
 
     def _send(self, request: _Request) -> httpx.Response:
         """The operation (one attempt): runs on a bulkhead worker."""
@@ -913,7 +961,8 @@ class HttpClient:
                 )
             request.in_doubt = True
         try:
-            response = self._client.request(
+            client = self._thread_client() if self._per_thread else self._client
+            response = client.request(
                 request.method,
                 request.url,
                 json=request.json,
@@ -961,7 +1010,8 @@ class HttpClient:
     # -- status and lifecycle -------------------------------------------------------------------
 
     def status(self, timeout: float | None = 5.0) -> dict[str, Any]:
-        """The pipeline's status, plus ``http``: base URL, answers by status, transport errors."""
+        """The pipeline's status, plus ``http``: base URL, answers by status, transport errors,
+        limiter feedbacks sent, connection pools (one per worker thread that sent)."""
         with self._lock:
             http = {
                 "name": self.name,
@@ -970,6 +1020,7 @@ class HttpClient:
                 "responses": dict(self._statuses),
                 "transport_errors": self._transport_errors,
                 "feedbacks_sent": self._feedbacks,
+                "connection_pools": len(self._pools) if self._per_thread else 1,
             }
         return {**self.pipeline.status(timeout), "http": http}
 
@@ -979,11 +1030,15 @@ class HttpClient:
         return self._closed
 
     def close(self) -> None:
-        """Close the connection pool (idempotent); later requests raise RuntimeError.
+        """Close the connection pools (idempotent); later requests raise RuntimeError.
 
         The pipeline's actors belong to the runtime and stop with it.
         """
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            pools, self._pools = self._pools, []
+        for _, client in pools:
+            client.close()
         self._client.close()
 
     def __enter__(self) -> HttpClient:

@@ -141,6 +141,16 @@ def make_app(recorder: Recorder) -> Starlette:
             return JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": header})
         return JSONResponse({"ok": True})
 
+    async def cookie_set(request: Request) -> Response:
+        recorder.record(request)
+        response = JSONResponse({"set": True})
+        response.set_cookie("session", request.query_params.get("value", "s1"))
+        return response
+
+    async def cookie_echo(request: Request) -> Response:
+        recorder.record(request)
+        return JSONResponse({"session": request.cookies.get("session")})
+
     async def outage(request: Request) -> Response:
         recorder.record(request)
         if recorder.outage:
@@ -159,6 +169,8 @@ def make_app(recorder: Recorder) -> Starlette:
             Route("/limited-date/{tag}", limited_date),
             Route("/limited-past/{tag}", limited_past),
             Route("/outage", outage),
+            Route("/cookie/set", cookie_set),
+            Route("/cookie/echo/{tag}", cookie_echo),
         ]
     )
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from garrison import (
+    BulkheadConfig,
     CircuitBreakerConfig,
     CircuitOpen,
     ConfigError,
@@ -396,6 +397,31 @@ def test_bad_input_is_refused_before_anything_is_sent(rt, client, server):
     with pytest.raises(ValueError, match="priority"):
         api.get("/ok", priority="urgent")
     assert server.recorder.hits == []
+
+
+def test_worker_threads_have_their_own_pools_and_share_cookies(client, server):
+    api = client(bulkhead=BulkheadConfig(max_workers=4, max_queue=20))
+    assert api.get("/cookie/set", params={"value": "abc"}).json() == {"set": True}
+    outcomes = api.request_many([{"endpoint": f"/cookie/echo/{i}"} for i in range(12)])
+    assert [o.json() for o in outcomes] == [{"session": "abc"}] * 12  # type: ignore[union-attr]
+    assert 2 <= api.status()["http"]["connection_pools"] <= 4  # one per worker that sent
+
+
+def test_a_given_transport_is_shared_by_the_workers(rt):
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"mock": True})
+
+    api = build_http_client(
+        rt, "mocked", "http://mock.invalid/api", transport=httpx.MockTransport(handler)
+    )
+    with api:
+        outcomes = api.request_many([{"endpoint": f"/items/{i}"} for i in range(4)])
+        assert [o.json() for o in outcomes] == [{"mock": True}] * 4  # type: ignore[union-attr]
+        assert sorted(seen) == [f"http://mock.invalid/api/items/{i}" for i in range(4)]
+        assert api.status()["http"]["connection_pools"] == 1
 
 
 def test_close_releases_the_pool_and_refuses_later_requests(client):
