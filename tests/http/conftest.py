@@ -265,6 +265,19 @@ def server(live_server: Server) -> Server:
 
 
 @pytest.fixture
+def wait_for_retired_workers() -> Callable[[HttpClient], None]:
+    """Wait (bounded) until the workers a timeout retired came back from their calls."""
+
+    def wait(api: HttpClient) -> None:
+        deadline = time.monotonic() + 5.0
+        while api.pipeline.status()["bulkhead"]["stuck_workers"]:
+            assert time.monotonic() < deadline, "the retired worker never came back"
+            time.sleep(0.02)
+
+    return wait
+
+
+@pytest.fixture
 def rt() -> Iterator[Runtime]:
     with Runtime(name="http-test") as runtime:
         yield runtime

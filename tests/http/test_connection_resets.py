@@ -10,7 +10,6 @@ retried by a retry stage, POST and PATCH are not resent (``RequestInDoubt``) unl
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
 import pytest
@@ -101,7 +100,7 @@ def test_a_post_refused_before_sending_is_retried(client):
     assert api.status()["http"]["transport_errors"] == 3
 
 
-def test_a_post_that_timed_out_is_not_resent(client, server):
+def test_a_post_that_timed_out_is_not_resent(client, server, wait_for_retired_workers):
     api = client(
         retry=RetryConfig(max_attempts=3, base_delay=0.01, jitter=False),
         timeout=TimeoutConfig(base_timeout=0.2, adaptive=False),
@@ -116,10 +115,7 @@ def test_a_post_that_timed_out_is_not_resent(client, server):
     # The timeout counted once for the breaker; the refusal (nothing sent) did not.
     assert api.status()["circuit_breaker"]["state"] == "closed"
     assert api.get("/slow", params={"delay": "0.01"}).status_code == 200  # GETs are resent
-    deadline = time.monotonic() + 5.0
-    while api.pipeline.status()["bulkhead"]["stuck_workers"]:
-        assert time.monotonic() < deadline, "the retired worker never came back"
-        time.sleep(0.02)
+    wait_for_retired_workers(api)  # the worker stuck in the timed-out call
 
 
 def test_every_request_gets_exactly_one_typed_outcome(client, server):

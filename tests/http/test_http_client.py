@@ -91,7 +91,7 @@ def test_pipeline_is_registered_on_the_runtime(rt, client):
         client()
 
 
-def test_timeout_stage_bounds_a_slow_request(client, server):
+def test_timeout_stage_bounds_a_slow_request(client, server, wait_for_retired_workers):
     api = client(timeout=TimeoutConfig(base_timeout=0.2, adaptive=False), http_timeout=2.0)
     started = time.monotonic()
     with pytest.raises(OperationTimeout):
@@ -99,10 +99,7 @@ def test_timeout_stage_bounds_a_slow_request(client, server):
     assert time.monotonic() - started < 0.5
     assert api.get("/slow", params={"delay": "0.01"}).json() == {"slow": True}
     # The worker stuck in the timed-out call was retired; it ends when the call returns.
-    deadline = time.monotonic() + 5.0
-    while api.pipeline.status()["bulkhead"]["stuck_workers"]:
-        assert time.monotonic() < deadline, "the retired worker never came back"
-        time.sleep(0.02)
+    wait_for_retired_workers(api)  # the worker stuck in the timed-out call
 
 
 # ---------------------------------------------------------------------------------------------
