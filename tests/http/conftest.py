@@ -149,6 +149,7 @@ def make_app(recorder: Recorder) -> Starlette:
 
     async def cookie_echo(request: Request) -> Response:
         recorder.record(request)
+        await asyncio.sleep(float(request.query_params.get("delay", "0")))
         return JSONResponse({"session": request.cookies.get("session")})
 
     async def outage(request: Request) -> Response:
