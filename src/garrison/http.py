@@ -253,7 +253,7 @@ class RetryAfterTooLong(RateLimitResponse):
         response: httpx.Response,
         *,
         retry_after: float | None = None,
-        max_retry_after: float = 0.0,
+        max_retry_after: float,
     ) -> None:
         self.max_retry_after = max_retry_after
         super().__init__(response, retry_after=retry_after)
