@@ -12,6 +12,9 @@ seed's ``request_many`` (high, normal, low) arrives and its high and normal requ
 the queued burst (its low one waits its turn behind it). Each 429 pauses the limiter for the
 server's Retry-After, slows the adaptive throttle down, and is retried no earlier than the
 server asked (a retry queues in the limiter again). The server's own timestamps show it.
+Last, a 503 "down for maintenance" asking for an hour (``Retry-After: 3600``) is not waited
+for: it fails at once with ``RetryAfterTooLong``, and the limiter pauses only for
+``max_retry_after`` (by default the seed's ``max_wait_time``, 60 s).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from garrison import Runtime
+from garrison.http import RetryAfterTooLong
 
 RETRY_AFTER = 1  # seconds, in the server's 429 answers
 LIMITED_HITS = (6, 16)  # the server's n-th requests that get a 429
@@ -57,7 +61,10 @@ class LocalAPI:
                 )
             return JSONResponse({"id": request.path_params["item"], "hit": count})
 
-        return Starlette(routes=[Route("/data/{item}", data)])
+        async def maintenance(_request: Request) -> JSONResponse:
+            return JSONResponse({"error": "maintenance"}, 503, headers={"Retry-After": "3600"})
+
+        return Starlette(routes=[Route("/data/{item}", data), Route("/maintenance", maintenance)])
 
 
 class Server:
@@ -178,6 +185,16 @@ def main() -> None:
             f"rejected {limiter['rejected']}"
         )
         print(f"client: responses by status {status['http']['responses']}")
+
+        t1 = time.monotonic()
+        try:
+            client.get("/maintenance")
+        except RetryAfterTooLong as error:
+            print(
+                f"503 with Retry-After: {error.retry_after:g}s -> {type(error).__name__} after "
+                f"{time.monotonic() - t1:.2f}s; the limiter pauses {error.max_retry_after:g}s "
+                f"(max_retry_after), not an hour"
+            )
     left = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     print(f"runtime and server stopped; threads left: {len(left)} {left}")
 

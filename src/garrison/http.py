@@ -19,16 +19,30 @@ What an answer becomes (on the worker, before the pipeline sees the outcome):
 - 1xx/2xx/3xx: the :class:`httpx.Response` itself;
 - 429: :class:`TooManyRequests`; 503: :class:`ServiceUnavailable` (both
   :class:`RateLimitResponse`, with ``retry_after`` parsed from ``Retry-After``, seconds or an
-  HTTP date). Before raising, the pipeline's rate limiter is told
-  ``RateLimitFeedback(retry_after=...)``: admissions pause for that long and the adaptive
-  throttle slows down. With ``retry_on_rate_limit`` (default) a configured retry stage
-  retries them, no earlier than ``retry_after`` (its policy reads the error's
+  HTTP date, a date in the past meaning 0). Before raising, the pipeline's rate limiter is
+  told ``RateLimitFeedback(retry_after=...)``: admissions pause for that long and the
+  adaptive throttle slows down. With ``retry_on_rate_limit`` (default) a configured retry
+  stage retries them, no earlier than ``retry_after`` (its policy reads the error's
   ``retry_after``);
+- a 429/503 whose ``Retry-After`` exceeds ``max_retry_after`` (default: the rate limit's
+  ``max_wait_time``, else 60 s): :class:`RetryAfterTooLong`, carrying the server's value; the
+  limiter pauses for ``max_retry_after`` only, and the request is not retried;
 - other 5xx: :class:`HttpServerError`; other 4xx: :class:`HttpClientError`.
 
+When the connection fails (refused, reset, closed mid-headers or mid-body, timed out), the
+``httpx.TransportError`` is the outcome, and a retry stage retries it (its default
+``retry_exceptions`` include ``httpx.TransportError``) for idempotent methods (GET, HEAD,
+OPTIONS, PUT, DELETE). A POST or PATCH is resent only if it never left (``ConnectError``,
+``ConnectTimeout``, ``PoolTimeout``): once it may have reached the server, it fails with
+:class:`RequestInDoubt` (the httpx error is its ``__cause__``), which is not retried, and a
+retry of it after a garrison timeout (or after an answer the retry config retries) is refused
+with :class:`NotResent` before anything is sent. ``retry_non_idempotent=True`` lifts this
+(for APIs that deduplicate, e.g. with an ``Idempotency-Key`` header).
+
 The circuit breaker counts :class:`HttpServerError` (503 included, unless
-``count_503_as_failures=False``), ``httpx.TransportError`` (refused or reset connections,
-httpx timeouts) and garrison timeouts as failures; it ignores 429 always and other 4xx unless
+``count_503_as_failures=False``), ``httpx.TransportError`` and :class:`RequestInDoubt`
+(refused or broken connections, httpx timeouts) and garrison timeouts as failures; it ignores
+429, :class:`RetryAfterTooLong` and :class:`NotResent` always, and other 4xx unless
 ``count_4xx_as_failures=True`` (the service answered; the request was wrong).
 """
 
@@ -41,7 +55,8 @@ import time
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from http.cookiejar import CookieJar
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import httpx
 
@@ -50,7 +65,7 @@ from garrison._messages import Priority
 from garrison.actors.bulkhead import BulkheadConfig
 from garrison.actors.limiter import RateLimitFeedback
 from garrison.errors import ConfigError, GarrisonError
-from garrison.pipeline import Pipeline
+from garrison.pipeline import Pipeline, PipelineView
 from garrison.policies.backoff import (
     ExceptionSpec,
     RetryConfig,
@@ -73,7 +88,10 @@ __all__ = [
     "HttpClientError",
     "HttpServerError",
     "HttpStatusError",
+    "NotResent",
     "RateLimitResponse",
+    "RequestInDoubt",
+    "RetryAfterTooLong",
     "ServiceUnavailable",
     "TooManyRequests",
     "build_http_client",
@@ -122,7 +140,18 @@ _SEED_MAX_RETRIES: Final = 3
 _DEFAULT_RETRY_DELAY: Final = 1.0
 _DEFAULT_HTTP_TIMEOUT: Final = 30.0
 _DEFAULT_MAX_DELAY: Final = 60.0  # RetryConfig's
+_DEFAULT_MAX_RETRY_AFTER: Final = 60.0
 _RATE_LIMIT_STATUSES: Final = (429, 503)
+_CACHE_SIZE: Final = 4096  # endpoint URLs and pipeline views kept, each
+_UNSAFE_METHODS: Final = frozenset(("POST", "PATCH"))
+# Transport errors raised before the request left: safe to resend whatever the method.
+_NOT_SENT: Final = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ProxyError,
+    httpx.UnsupportedProtocol,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,27 +185,34 @@ class HttpStatusError(GarrisonError):
     def __reduce__(self) -> tuple[object, ...]:
         # The response is rebuilt from its status, headers, body and request line, so the
         # error can cross a process boundary (a multiprocessing pool, a pickled log record).
-        response, request = self.response, self.response.request
-        state = (
-            response.status_code,
-            list(response.headers.raw),
-            response.content,
-            request.method,
-            str(request.url),
-        )
-        return (_rebuild_http_error, (type(self), state, self.retry_after))
+        return (_rebuild_http_error, (type(self), _response_state(self.response), self.retry_after))
+
+
+_ResponseState = tuple[int, list[tuple[bytes, bytes]], bytes, str, str]
+
+
+def _response_state(response: httpx.Response) -> _ResponseState:
+    request = response.request
+    return (
+        response.status_code,
+        list(response.headers.raw),
+        response.content,
+        request.method,
+        str(request.url),
+    )
+
+
+def _response_from(state: _ResponseState) -> httpx.Response:
+    status_code, headers, content, method, url = state
+    return httpx.Response(
+        status_code, headers=headers, content=content, request=httpx.Request(method, url)
+    )
 
 
 def _rebuild_http_error(
-    cls: type[HttpStatusError],
-    state: tuple[int, list[tuple[bytes, bytes]], bytes, str, str],
-    retry_after: float | None,
+    cls: type[HttpStatusError], state: _ResponseState, retry_after: float | None
 ) -> HttpStatusError:
-    status_code, headers, content, method, url = state
-    response = httpx.Response(
-        status_code, headers=headers, content=content, request=httpx.Request(method, url)
-    )
-    return cls(response, retry_after=retry_after)
+    return cls(_response_from(state), retry_after=retry_after)
 
 
 class HttpClientError(HttpStatusError):
@@ -202,10 +238,85 @@ class ServiceUnavailable(RateLimitResponse, HttpServerError):
     """A 503 answer. A breaker failure unless ``count_503_as_failures=False``."""
 
 
-def _error_for(response: httpx.Response) -> HttpStatusError:
+class RetryAfterTooLong(RateLimitResponse):
+    """A 429 or 503 whose ``Retry-After`` exceeds the client's ``max_retry_after``.
+
+    ``retry_after`` is the server's value, ``max_retry_after`` the cap: the limiter pauses
+    admissions for the cap only, and the request fails with this error instead of waiting.
+    Not retried by the client's own retry policy (which retries :class:`TooManyRequests` and
+    :class:`ServiceUnavailable`) and never a breaker failure: the paused limiter already stops
+    the traffic.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        retry_after: float | None = None,
+        max_retry_after: float,
+    ) -> None:
+        self.max_retry_after = max_retry_after
+        super().__init__(response, retry_after=retry_after)
+        self.args = (
+            f"{self.args[0]}, longer than max_retry_after ({max_retry_after:g}s): not waited "
+            f"for, admissions paused for {max_retry_after:g}s",
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        state = _response_state(self.response)
+        return (_rebuild_too_long, (state, self.retry_after, self.max_retry_after))
+
+
+def _rebuild_too_long(
+    state: _ResponseState, retry_after: float | None, max_retry_after: float
+) -> RetryAfterTooLong:
+    return RetryAfterTooLong(
+        _response_from(state), retry_after=retry_after, max_retry_after=max_retry_after
+    )
+
+
+class RequestInDoubt(GarrisonError):
+    """A non-idempotent request (POST, PATCH) may have reached the server; it is not resent.
+
+    Raised instead of the transport error (``error``, also ``__cause__``: a read error, a
+    reset, a disconnect mid-response, a read or write timeout) when the connection failed
+    after the request may have been sent, unless ``retry_non_idempotent=True``. The server
+    may or may not have acted on it. A breaker failure; not retried by default (it is not an
+    ``httpx.TransportError``).
+    """
+
+    def __init__(self, method: str, url: str, error: BaseException | None, why: str) -> None:
+        self.method = method
+        self.url = url
+        self.error = error
+        self.why = why
+        super().__init__(
+            f"{method} {url}: {why}; not sent again ({method} is not idempotent, "
+            "retry_non_idempotent=False)"
+        )
+        self.__cause__ = error
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.method, self.url, self.error, self.why))
+
+
+class NotResent(RequestInDoubt):
+    """A retry stage asked to resend a non-idempotent request that may have reached the server.
+
+    Its earlier attempt timed out (garrison's timeout stage) or was answered with an error
+    that the retry config retries; the request is refused here, before anything is sent.
+    Never a breaker failure (nothing was sent).
+    """
+
+
+def _error_for(response: httpx.Response, max_retry_after: float) -> HttpStatusError:
     status = response.status_code
     if status in _RATE_LIMIT_STATUSES:
         retry_after = parse_retry_after(response.headers.get("Retry-After"), wall_now=time.time())
+        if retry_after is not None and retry_after > max_retry_after:
+            return RetryAfterTooLong(
+                response, retry_after=retry_after, max_retry_after=max_retry_after
+            )
         kind: type[RateLimitResponse] = TooManyRequests if status == 429 else ServiceUnavailable
         return kind(response, retry_after=retry_after)
     if status >= 500:
@@ -248,6 +359,12 @@ class HttpClientConfig:
     completed). ``headers`` are sent with every request. ``http_timeout`` is httpx's own
     timeout per request (connect, read, write, pool), so that a worker is never stuck for
     longer; by default the timeout stage's longest timeout, else 30 s.
+
+    ``max_retry_after`` caps how long a 429/503 ``Retry-After`` may pause the limiter (by
+    default the rate limit's ``max_wait_time``, else 60 s): a longer one pauses it for the cap
+    and fails the request with :class:`RetryAfterTooLong`. ``retry_non_idempotent`` lets
+    POST and PATCH be retried after the connection failed once they may have reached the
+    server (default: :class:`RequestInDoubt`, not resent).
     """
 
     base_url: str
@@ -261,6 +378,8 @@ class HttpClientConfig:
     count_4xx_as_failures: bool = False
     count_503_as_failures: bool = True
     http_timeout: float | None = None
+    max_retry_after: float | None = None
+    retry_non_idempotent: bool = False
 
     def __post_init__(self) -> None:
         put = object.__setattr__
@@ -287,17 +406,25 @@ class HttpClientConfig:
         ):
             raise ConfigError("headers", f"must map header names to strings, got {headers!r}")
         put(self, "headers", dict(headers))
-        for key in ("retry_on_rate_limit", "count_4xx_as_failures", "count_503_as_failures"):
+        for key in (
+            "retry_on_rate_limit",
+            "count_4xx_as_failures",
+            "count_503_as_failures",
+            "retry_non_idempotent",
+        ):
             _check_bool(key, getattr(self, key))
-        if self.http_timeout is not None:
-            value = self.http_timeout
+        for key, minimum in (("http_timeout", "> 0"), ("max_retry_after", ">= 0")):
+            value = getattr(self, key)
+            if value is None:
+                continue
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int | float)
-                or not (value > 0 and math.isfinite(value))
+                or not math.isfinite(value)
+                or not (value > 0 or (value == 0 and minimum == ">= 0"))
             ):
-                raise ConfigError("http_timeout", f"must be a number > 0, got {value!r}")
-            put(self, "http_timeout", float(value))
+                raise ConfigError(key, f"must be a finite number {minimum}, got {value!r}")
+            put(self, key, float(value))
 
     @classmethod
     def from_seed(cls, options: Mapping[str, Any], **configs: Any) -> HttpClientConfig:
@@ -354,15 +481,27 @@ class HttpClientConfig:
             return self.timeout.effective_max_timeout
         return _DEFAULT_HTTP_TIMEOUT
 
+    @property
+    def effective_max_retry_after(self) -> float:
+        """The cap on a server's Retry-After: ``max_retry_after``, else the rate limit's
+        ``max_wait_time``, else 60 s."""
+        if self.max_retry_after is not None:
+            return self.max_retry_after
+        if self.rate_limit is not None and self.rate_limit.max_wait_time is not None:
+            return self.rate_limit.max_wait_time
+        return _DEFAULT_MAX_RETRY_AFTER
+
     def stages(self) -> dict[str, Any]:
         """The pipeline stage configs (keyword arguments of ``runtime.pipeline``).
 
         - retry: with ``retry_on_rate_limit``, ``retry_exceptions`` gains
-          :class:`RateLimitResponse`. Without a ``retry`` config (or the seed's
+          :class:`TooManyRequests` and :class:`ServiceUnavailable` (not
+          :class:`RetryAfterTooLong`). Without a ``retry`` config (or the seed's
           ``max_retries``/``retry_delay``) there is no retry stage and nothing is retried: an
           implicit one would also retry ``CircuitOpen`` after the breaker's recovery timeout
           (every retry stage does), blocking callers who never asked for retries;
-        - circuit breaker: ``ignore_exceptions`` gains :class:`TooManyRequests`, and
+        - circuit breaker: ``ignore_exceptions`` gains :class:`TooManyRequests`,
+          :class:`RetryAfterTooLong` and :class:`NotResent`, and
           :class:`HttpClientError` unless ``count_4xx_as_failures``, and
           :class:`ServiceUnavailable` unless ``count_503_as_failures``.
         """
@@ -372,18 +511,20 @@ class HttpClientConfig:
             "bulkhead": self.bulkhead,
         }
         retry = self.retry
-        if (
-            self.retry_on_rate_limit
-            and retry is not None
-            and not exception_matches(RateLimitResponse, retry.retry_exceptions)
-        ):
-            retry = dataclasses.replace(
-                retry, retry_exceptions=(*retry.retry_exceptions, RateLimitResponse)
-            )
+        if self.retry_on_rate_limit and retry is not None:
+            missing = [
+                kind
+                for kind in (TooManyRequests, ServiceUnavailable)
+                if not exception_matches(kind, retry.retry_exceptions)
+            ]
+            if missing:
+                retry = dataclasses.replace(
+                    retry, retry_exceptions=(*retry.retry_exceptions, *missing)
+                )
         stages["retry"] = retry
         breaker = self.circuit_breaker
         if breaker is not None:
-            ignored: list[ExceptionSpec] = [TooManyRequests]
+            ignored: list[ExceptionSpec] = [TooManyRequests, RetryAfterTooLong, NotResent]
             if not self.count_4xx_as_failures:
                 ignored.append(HttpClientError)
             if not self.count_503_as_failures:
@@ -429,40 +570,60 @@ def _seed_retry(options: Mapping[str, Any]) -> RetryConfig:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class _Request:
-    method: str
-    endpoint: str
-    priority: Priority
-    key: Hashable | None
-    json: Any
-    params: Mapping[str, Any] | None
-    headers: Mapping[str, str] | None
-    timeout: float | None
+    """One validated request, the argument of every attempt's :meth:`HttpClient._send`.
+
+    ``url`` is the absolute URL (base URL and endpoint merged once, cached per endpoint).
+    ``guarded``: a non-idempotent method that must not be resent once it may have reached the
+    server; ``in_doubt``: an attempt of it may have (set while one runs, cleared when one ends
+    before sending or with a 429/503 answer).
+    """
+
+    __slots__ = (
+        "endpoint",
+        "guarded",
+        "headers",
+        "in_doubt",
+        "json",
+        "key",
+        "method",
+        "params",
+        "priority",
+        "timeout",
+        "url",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        endpoint: str,
+        url: httpx.URL,
+        *,
+        priority: Priority,
+        key: Hashable | None,
+        json: Any,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        guarded: bool,
+    ) -> None:
+        self.method = method
+        self.endpoint = endpoint
+        self.url = url
+        self.priority = priority
+        self.key = key
+        self.json = json
+        self.params = params
+        self.headers = headers
+        self.timeout = timeout
+        self.guarded = guarded
+        self.in_doubt = False
 
 
-def _prepare(
-    method: object,
-    endpoint: object,
-    *,
-    priority: object = None,
-    key: object = None,
-    json: Any = None,
-    params: object = None,
-    headers: object = None,
-    timeout: object = None,
-) -> _Request:
-    """Validate one request (ValueError / TypeError) before anything is sent."""
-    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
-        raise ValueError(f"unknown HTTP method {method!r}; use one of {sorted(HTTP_METHODS)}")
-    if not isinstance(endpoint, str):
-        raise TypeError(f"endpoint must be a string path, got {endpoint!r}")
-    try:
-        url = httpx.URL(endpoint)
-    except (httpx.InvalidURL, ValueError) as error:
-        raise ValueError(f"endpoint {endpoint!r} is not a valid path: {error}") from None
-    if url.is_absolute_url or endpoint.startswith("//"):
-        raise ValueError(f"endpoint must be a path relative to base_url, got {endpoint!r}")
+def _check_options(
+    priority: object, key: object, params: object, headers: object, timeout: object
+) -> Priority:
+    """Validate a request's options (ValueError / TypeError); return its priority."""
     if priority is None:
         parsed = Priority.NORMAL
     elif isinstance(priority, Priority | str | int):
@@ -484,25 +645,31 @@ def _prepare(
         or not (timeout > 0 and math.isfinite(timeout))
     ):
         raise ValueError(f"timeout must be a number > 0, got {timeout!r}")
-    return _Request(
-        method.upper(),
-        endpoint,
-        parsed,
-        key,
-        json,
-        params,
-        headers,
-        float(timeout) if timeout is not None else None,
-    )
+    return parsed
+
+
+def _relative_url(endpoint: object) -> httpx.URL:
+    """The endpoint as a URL relative to the base URL (ValueError / TypeError otherwise)."""
+    if not isinstance(endpoint, str):
+        raise TypeError(f"endpoint must be a string path, got {endpoint!r}")
+    try:
+        url = httpx.URL(endpoint)
+    except (httpx.InvalidURL, ValueError) as error:
+        raise ValueError(f"endpoint {endpoint!r} is not a valid path: {error}") from None
+    if url.is_absolute_url or endpoint.startswith("//"):
+        raise ValueError(f"endpoint must be a path relative to base_url, got {endpoint!r}")
+    return url
 
 
 class HttpClient:
     """An HTTP client whose requests are operations of the pipeline ``http:<name>``.
 
-    Build it with :func:`build_http_client` (or ``rt.http_client(...)``). One
-    ``httpx.Client`` (connection pool) per HttpClient, closed by :meth:`close` (or the end
-    of a ``with`` block). ``pipeline`` is the :class:`~garrison.Pipeline` (``stages``,
-    ``status()``), ``config`` the :class:`HttpClientConfig`.
+    Build it with :func:`build_http_client` (or ``rt.http_client(...)``). Each bulkhead
+    worker thread sends with its own ``httpx.Client`` (its own keep-alive connection pool:
+    no pool lock shared by the workers), all sharing one cookie jar and one SSL context; with
+    a ``transport`` given, one client is shared instead. :meth:`close` (or the end of a
+    ``with`` block) closes them all. ``pipeline`` is the :class:`~garrison.Pipeline`
+    (``stages``, ``status()``), ``config`` the :class:`HttpClientConfig`.
     """
 
     def __init__(
@@ -517,12 +684,24 @@ class HttpClient:
         self.pipeline = pipeline
         self.config = config
         self._limiter = pipeline.stages.get("rate_limiter")
-        self._client = httpx.Client(
-            base_url=config.base_url,
-            headers=dict(config.headers),
-            timeout=config.effective_http_timeout,
-            transport=transport,
-        )
+        self._cookies = CookieJar()  # thread-safe; shared by every client below
+        self._ssl_context = httpx.create_ssl_context() if transport is None else None
+        # The shared client: merges URLs, and sends when a transport is given.
+        self._client = self._new_client(transport)
+        self._per_thread = transport is None
+        self._local = threading.local()
+        self._pools: list[tuple[threading.Thread, httpx.Client]] = []
+        self._urls: dict[str, httpx.URL] = {}
+        self._views: dict[tuple[Hashable, ...], PipelineView] = {}
+
+        def operation(request: _Request) -> httpx.Response:
+            return self._send(request)
+
+        # A plain function, not the bound method: the bulkhead tells a plain function from a
+        # coroutine function by a flag; a method would cost it an inspect.* walk per request.
+        self._operation = operation
+        self._max_retry_after = config.effective_max_retry_after
+        self._guard_methods = frozenset() if config.retry_non_idempotent else _UNSAFE_METHODS
         self._lock = threading.Lock()
         self._closed = False
         self._statuses: Counter[int] = Counter()
@@ -575,7 +754,7 @@ class HttpClient:
         timeout: float | None = None,
     ) -> Future[httpx.Response]:
         """:meth:`request` without waiting: the future of its outcome (awaitable in asyncio)."""
-        prepared = _prepare(
+        prepared = self._prepare(
             method,
             endpoint,
             priority=priority,
@@ -657,7 +836,7 @@ class HttpClient:
                 raise ValueError(f"requests[{index}] has no 'endpoint'")
             try:
                 prepared.append(
-                    _prepare(
+                    self._prepare(
                         item.get("method", "GET"),
                         item["endpoint"],
                         priority=item.get("priority"),
@@ -679,25 +858,113 @@ class HttpClient:
                 outcomes.append(error)
         return outcomes
 
+    def _prepare(
+        self,
+        method: object,
+        endpoint: object,
+        *,
+        priority: object = None,
+        key: object = None,
+        json: Any = None,
+        params: object = None,
+        headers: object = None,
+        timeout: object = None,
+    ) -> _Request:
+        """Validate one request (ValueError / TypeError) before anything is sent."""
+        if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+            raise ValueError(f"unknown HTTP method {method!r}; use one of {sorted(HTTP_METHODS)}")
+        method = method.upper()
+        url = self._urls.get(endpoint) if type(endpoint) is str else None
+        if url is None:
+            url = self._absolute_url(endpoint)
+        return _Request(
+            method,
+            cast(str, endpoint),
+            url,
+            priority=_check_options(priority, key, params, headers, timeout),
+            key=key,
+            json=json,
+            params=cast(Mapping[str, Any] | None, params),
+            headers=cast(Mapping[str, str] | None, headers),
+            timeout=float(cast(float, timeout)) if timeout is not None else None,
+            guarded=method in self._guard_methods,
+        )
+
+    def _absolute_url(self, endpoint: object) -> httpx.URL:
+        """Merge ``endpoint`` with the base URL as httpx does, once per endpoint (cached)."""
+        url = self._client.build_request("GET", _relative_url(endpoint)).url
+        urls = self._urls
+        if len(urls) >= _CACHE_SIZE:
+            urls.clear()  # endpoints with ids in their path: start over rather than grow
+        urls[cast(str, endpoint)] = url
+        return url
+
     def _submit(self, request: _Request) -> Future[httpx.Response]:
         if self._closed:
             raise RuntimeError(f"HTTP client {self.name!r} is closed")
-        view = self.pipeline.options(
-            key=request.key,
-            priority=request.priority,
-            timeout=request.timeout,
-            name=f"{request.method} {request.endpoint}",
+        options = (request.method, request.endpoint, request.priority, request.key, request.timeout)
+        views = self._views
+        view = views.get(options)
+        if view is None:
+            view = self.pipeline.options(
+                key=request.key,
+                priority=request.priority,
+                timeout=request.timeout,
+                name=f"{request.method} {request.endpoint}",
+            )
+            if len(views) >= _CACHE_SIZE:
+                views.clear()
+            views[options] = view
+        return view.submit(self._operation, request)
+
+    def _new_client(self, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+        config = self.config
+        return httpx.Client(
+            base_url=config.base_url,
+            headers=dict(config.headers),
+            timeout=config.effective_http_timeout,
+            cookies=self._cookies,
+            verify=self._ssl_context if self._ssl_context is not None else True,
+            transport=transport,
         )
-        return view.submit(self._send, request)
+
+    def _thread_client(self) -> httpx.Client:
+        """This worker thread's client, made on its first request."""
+        client: httpx.Client | None = getattr(self._local, "client", None)
+        if client is not None:
+            return client
+        thread = threading.current_thread()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"HTTP client {self.name!r} is closed")
+            ended = [old for owner, old in self._pools if not owner.is_alive()]
+            self._pools = [(owner, old) for owner, old in self._pools if owner.is_alive()]
+            client = self._new_client()
+            self._pools.append((thread, client))
+        for old in ended:  # the pools of workers that ended (retired, replaced)
+            old.close()
+        self._local.client = client
+        return client
 
     def _send(self, request: _Request) -> httpx.Response:
-        """The operation: runs on a bulkhead worker."""
+        """The operation (one attempt): runs on a bulkhead worker."""
         if self._closed:
             raise RuntimeError(f"HTTP client {self.name!r} is closed")
+        if request.guarded:
+            if request.in_doubt:
+                raise NotResent(
+                    request.method,
+                    str(request.url),
+                    None,
+                    "an earlier attempt may have reached the server (it timed out, or its "
+                    "answer was an error the retry config retries)",
+                )
+            request.in_doubt = True
         try:
-            response = self._client.request(
+            client = self._thread_client() if self._per_thread else self._client
+            response = client.request(
                 request.method,
-                request.endpoint,
+                request.url,
                 json=request.json,
                 params=request.params,
                 headers=request.headers,
@@ -705,35 +972,46 @@ class HttpClient:
                     request.timeout if request.timeout is not None else httpx.USE_CLIENT_DEFAULT
                 ),
             )
-        except httpx.TransportError:
+        except httpx.TransportError as error:
             with self._lock:
                 self._transport_errors += 1
+            if request.guarded:
+                if not isinstance(error, _NOT_SENT):
+                    raise RequestInDoubt(
+                        request.method,
+                        str(request.url),
+                        error,
+                        f"the connection failed after the request may have reached the server "
+                        f"({type(error).__name__}: {error})",
+                    ) from error
+                request.in_doubt = False
             raise
         status = response.status_code
         with self._lock:
             self._statuses[status] += 1
         if status < 400:
             return response
-        error = _error_for(response)
-        if isinstance(error, RateLimitResponse):
-            self._feedback(error)
-        raise error
+        refused = _error_for(response, self._max_retry_after)
+        if isinstance(refused, RateLimitResponse):
+            request.in_doubt = False  # the server asked to come back later: safe to resend
+            self._feedback(refused)
+        raise refused
 
     def _feedback(self, error: RateLimitResponse) -> None:
-        """Tell the limiter the service asked to slow down (non-blocking)."""
+        """Tell the limiter the service asked to slow down (non-blocking); a pause is capped."""
         limiter = self._limiter
         if limiter is None:
             return
         with self._lock:
             self._feedbacks += 1
-        limiter.tell(
-            RateLimitFeedback(retry_after=error.retry_after, reason=f"http {error.status_code}")
-        )
+        pause = error.max_retry_after if isinstance(error, RetryAfterTooLong) else error.retry_after
+        limiter.tell(RateLimitFeedback(retry_after=pause, reason=f"http {error.status_code}"))
 
     # -- status and lifecycle -------------------------------------------------------------------
 
     def status(self, timeout: float | None = 5.0) -> dict[str, Any]:
-        """The pipeline's status, plus ``http``: base URL, answers by status, transport errors."""
+        """The pipeline's status, plus ``http``: base URL, answers by status, transport errors,
+        limiter feedbacks sent, connection pools (one per worker thread that sent)."""
         with self._lock:
             http = {
                 "name": self.name,
@@ -742,6 +1020,7 @@ class HttpClient:
                 "responses": dict(self._statuses),
                 "transport_errors": self._transport_errors,
                 "feedbacks_sent": self._feedbacks,
+                "connection_pools": len(self._pools) if self._per_thread else 1,
             }
         return {**self.pipeline.status(timeout), "http": http}
 
@@ -751,11 +1030,15 @@ class HttpClient:
         return self._closed
 
     def close(self) -> None:
-        """Close the connection pool (idempotent); later requests raise RuntimeError.
+        """Close the connection pools (idempotent); later requests raise RuntimeError.
 
         The pipeline's actors belong to the runtime and stop with it.
         """
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            pools, self._pools = self._pools, []
+        for _, client in pools:
+            client.close()
         self._client.close()
 
     def __enter__(self) -> HttpClient:
@@ -784,6 +1067,8 @@ def build_http_client(
     count_4xx_as_failures: bool = False,
     count_503_as_failures: bool = True,
     http_timeout: float | None = None,
+    max_retry_after: float | None = None,
+    retry_non_idempotent: bool = False,
     monitor: bool = False,
     transport: httpx.BaseTransport | None = None,
     **seed_options: Any,
@@ -809,6 +1094,8 @@ def build_http_client(
         count_4xx_as_failures=count_4xx_as_failures,
         count_503_as_failures=count_503_as_failures,
         http_timeout=http_timeout,
+        max_retry_after=max_retry_after,
+        retry_non_idempotent=retry_non_idempotent,
     )
     pipeline_name = f"http:{name}"
     if pipeline_name in runtime.pipelines():

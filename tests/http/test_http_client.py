@@ -7,25 +7,15 @@ limits, priorities and Retry-After are asserted on the server's side of the wire
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import math
 import socket
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from garrison import (
+    BulkheadConfig,
     CircuitBreakerConfig,
     CircuitOpen,
     ConfigError,
@@ -37,7 +27,6 @@ from garrison import (
     TimeoutConfig,
 )
 from garrison.http import (
-    HttpClient,
     HttpClientConfig,
     HttpClientError,
     HttpServerError,
@@ -47,186 +36,6 @@ from garrison.http import (
     TooManyRequests,
     build_http_client,
 )
-
-# ---------------------------------------------------------------------------------------------
-# The server
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Hit:
-    method: str
-    path: str
-    query: dict[str, str]
-    monotonic: float
-    wall: float
-
-
-@dataclass
-class Recorder:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    hits: list[Hit] = field(default_factory=list)
-    per_path: Counter[str] = field(default_factory=Counter)
-    outage: bool = False
-    date_targets: dict[str, float] = field(default_factory=dict)
-
-    def record(self, request: Request) -> int:
-        hit = Hit(
-            request.method,
-            request.url.path,
-            dict(request.query_params),
-            time.monotonic(),
-            time.time(),
-        )
-        with self.lock:
-            self.hits.append(hit)
-            self.per_path[hit.path] += 1
-            return self.per_path[hit.path]
-
-    def reset(self) -> None:
-        with self.lock:
-            self.hits.clear()
-            self.per_path.clear()
-            self.outage = False
-            self.date_targets.clear()
-
-    def at(self, path: str) -> list[Hit]:
-        with self.lock:
-            return [hit for hit in self.hits if hit.path == path]
-
-
-def make_app(recorder: Recorder) -> Starlette:
-    async def ok(request: Request) -> Response:
-        recorder.record(request)
-        body = await request.body()
-        return JSONResponse(
-            {
-                "method": request.method,
-                "path": request.url.path,
-                "query": dict(request.query_params),
-                "json": (await request.json()) if body else None,
-                "x_test": request.headers.get("x-test"),
-                "x_default": request.headers.get("x-default"),
-            }
-        )
-
-    async def slow(request: Request) -> Response:
-        recorder.record(request)
-        await asyncio.sleep(float(request.query_params.get("delay", "0.3")))
-        return JSONResponse({"slow": True})
-
-    async def status(request: Request) -> Response:
-        recorder.record(request)
-        return JSONResponse({"status": True}, status_code=int(request.path_params["code"]))
-
-    async def burst(request: Request) -> Response:
-        """The first ``n`` requests of a path fail with 500, then 200."""
-        count = recorder.record(request)
-        if count <= int(request.query_params.get("n", "3")):
-            return JSONResponse({"error": "burst"}, status_code=500)
-        return JSONResponse({"ok": True})
-
-    async def limited(request: Request) -> Response:
-        """The first ``n`` requests of a path get 429 Retry-After: ``after`` seconds."""
-        count = recorder.record(request)
-        if count <= int(request.query_params.get("n", "1")):
-            after = request.query_params.get("after", "1")
-            return JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": after})
-        return JSONResponse({"ok": True})
-
-    async def limited_date(request: Request) -> Response:
-        """The first request of a path gets 429 with Retry-After as an HTTP date."""
-        count = recorder.record(request)
-        if count == 1:
-            target = math.ceil(time.time()) + 1.0  # HTTP dates have whole seconds
-            with recorder.lock:
-                recorder.date_targets[request.url.path] = target
-            header = email.utils.formatdate(target, usegmt=True)
-            return JSONResponse({"error": "slow down"}, 429, headers={"Retry-After": header})
-        return JSONResponse({"ok": True})
-
-    async def outage(request: Request) -> Response:
-        recorder.record(request)
-        if recorder.outage:
-            return JSONResponse({"error": "down"}, status_code=503)
-        return JSONResponse({"ok": True})
-
-    methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-    return Starlette(
-        routes=[
-            Route("/ok", ok, methods=methods),
-            Route("/ok/{rest:path}", ok, methods=methods),
-            Route("/slow", slow),
-            Route("/status/{code:int}", status, methods=methods),
-            Route("/burst/{tag}", burst),
-            Route("/limited/{tag}", limited),
-            Route("/limited-date/{tag}", limited_date),
-            Route("/outage", outage),
-        ]
-    )
-
-
-@dataclass
-class Server:
-    url: str
-    recorder: Recorder
-
-
-@pytest.fixture(scope="module")
-def live_server() -> Iterator[Server]:
-    recorder = Recorder()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        make_app(recorder), log_level="warning", lifespan="off", ws="none", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name="test-http-server", daemon=True
-    )
-    thread.start()
-    deadline = time.monotonic() + 10.0
-    while not server.started:
-        assert thread.is_alive(), "the test server died while starting"
-        assert time.monotonic() < deadline, "the test server did not start within 10 s"
-        time.sleep(0.01)
-    try:
-        yield Server(f"http://127.0.0.1:{port}", recorder)
-    finally:
-        server.should_exit = True
-        thread.join(10.0)
-        sock.close()
-        assert not thread.is_alive(), "the test server did not stop"
-
-
-@pytest.fixture
-def server(live_server: Server) -> Server:
-    live_server.recorder.reset()
-    return live_server
-
-
-@pytest.fixture
-def rt() -> Iterator[Runtime]:
-    with Runtime(name="http-test") as runtime:
-        yield runtime
-
-
-@pytest.fixture
-def client(rt: Runtime, server: Server) -> Iterator[Callable[..., HttpClient]]:
-    """Build clients on ``rt`` against the server (``base_url`` may be overridden)."""
-    made: list[HttpClient] = []
-
-    def make(name: str = "api", **options: Any) -> HttpClient:
-        base_url = options.pop("base_url", server.url)
-        api = build_http_client(rt, name, base_url, **options)
-        made.append(api)
-        return api
-
-    yield make
-    for api in made:
-        api.close()
 
 
 def free_port() -> int:
@@ -282,7 +91,7 @@ def test_pipeline_is_registered_on_the_runtime(rt, client):
         client()
 
 
-def test_timeout_stage_bounds_a_slow_request(client, server):
+def test_timeout_stage_bounds_a_slow_request(client, server, wait_for_retired_workers):
     api = client(timeout=TimeoutConfig(base_timeout=0.2, adaptive=False), http_timeout=2.0)
     started = time.monotonic()
     with pytest.raises(OperationTimeout):
@@ -290,10 +99,7 @@ def test_timeout_stage_bounds_a_slow_request(client, server):
     assert time.monotonic() - started < 0.5
     assert api.get("/slow", params={"delay": "0.01"}).json() == {"slow": True}
     # The worker stuck in the timed-out call was retired; it ends when the call returns.
-    deadline = time.monotonic() + 5.0
-    while api.pipeline.status()["bulkhead"]["stuck_workers"]:
-        assert time.monotonic() < deadline, "the retired worker never came back"
-        time.sleep(0.02)
+    wait_for_retired_workers(api)  # the worker stuck in the timed-out call
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +158,9 @@ def test_429_without_retry_stage_raises_typed_error_and_pauses_admissions(client
 
 def test_rate_limit_answer_longer_than_max_delay_is_not_waited_for(client, server):
     api = client(retry=RetryConfig(max_attempts=3, base_delay=0.01, max_delay=1.0))
-    assert RateLimitResponse in api.config.stages()["retry"].retry_exceptions
+    retried = api.config.stages()["retry"].retry_exceptions
+    assert TooManyRequests in retried
+    assert ServiceUnavailable in retried
     with pytest.raises(TooManyRequests) as caught:
         api.get("/limited/d", params={"n": "5", "after": "30"})
     assert caught.value.retry_after == 30.0
@@ -494,7 +302,7 @@ def test_server_never_sees_more_than_the_limit_in_any_window(client, server):
     assert all(isinstance(o, httpx.Response) and o.status_code == 200 for o in outcomes)
     times = sorted(hit.monotonic for hit in server.recorder.hits)
     assert len(times) == 8
-    slack = 0.03  # the wire adds a little jitter between admission and arrival
+    slack = 0.08  # the wire and a loaded machine add jitter between admission and arrival
     for index in range(len(times) - 2):
         assert times[index + 2] - times[index] >= 0.2 - slack
 
@@ -532,7 +340,8 @@ def test_seed_options_map_to_config_fields():
     assert rate.on_limit == "wait"  # a queue is configured
     retry = config.stages()["retry"]
     assert (retry.max_attempts, retry.base_delay) == (4, 5.0)
-    assert RateLimitResponse in retry.retry_exceptions
+    assert TooManyRequests in retry.retry_exceptions
+    assert ServiceUnavailable in retry.retry_exceptions
     assert "httpx.TransportError" in retry.retry_exceptions
     no_queue = HttpClientConfig.from_seed(
         {"base_url": SEED["base_url"], "rate_limit_per_second": 5}
@@ -540,7 +349,7 @@ def test_seed_options_map_to_config_fields():
     assert no_queue.rate_limit is not None
     assert no_queue.rate_limit.on_limit == "reject"
     off = HttpClientConfig.from_seed({**SEED, "retry_on_rate_limit": False})
-    assert RateLimitResponse not in off.stages()["retry"].retry_exceptions
+    assert TooManyRequests not in off.stages()["retry"].retry_exceptions
 
 
 def test_seed_options_are_validated():
@@ -585,6 +394,32 @@ def test_bad_input_is_refused_before_anything_is_sent(rt, client, server):
     with pytest.raises(ValueError, match="priority"):
         api.get("/ok", priority="urgent")
     assert server.recorder.hits == []
+
+
+def test_worker_threads_have_their_own_pools_and_share_cookies(client, server):
+    api = client(bulkhead=BulkheadConfig(max_workers=4, max_queue=20))
+    assert api.get("/cookie/set", params={"value": "abc"}).json() == {"set": True}
+    echoes = [{"endpoint": f"/cookie/echo/{i}", "params": {"delay": "0.05"}} for i in range(8)]
+    outcomes = api.request_many(echoes)  # slow answers: the four workers all send
+    assert [o.json() for o in outcomes] == [{"session": "abc"}] * 8  # type: ignore[union-attr]
+    assert api.status()["http"]["connection_pools"] == 4  # one per worker that sent
+
+
+def test_a_given_transport_is_shared_by_the_workers(rt):
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return httpx.Response(200, json={"mock": True})
+
+    api = build_http_client(
+        rt, "mocked", "http://mock.invalid/api", transport=httpx.MockTransport(handler)
+    )
+    with api:
+        outcomes = api.request_many([{"endpoint": f"/items/{i}"} for i in range(4)])
+        assert [o.json() for o in outcomes] == [{"mock": True}] * 4  # type: ignore[union-attr]
+        assert sorted(seen) == [f"http://mock.invalid/api/items/{i}" for i in range(4)]
+        assert api.status()["http"]["connection_pools"] == 1
 
 
 def test_close_releases_the_pool_and_refuses_later_requests(client):
