@@ -88,7 +88,7 @@ class Target:
         if self.text:
             return self.text
         suffix = "x" if self.on == "ratio" else f" {unit}".rstrip()
-        return f"{self.op} {_number(self.value)}{suffix}"
+        return f"{self.op} {self.value:g}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -596,7 +596,7 @@ def build_areas(results: Results) -> list[Area]:
 
 def _number(value: float) -> str:
     magnitude = abs(value)
-    if magnitude >= 100 or value == int(value):
+    if magnitude >= 100 or value == 0:
         return f"{value:,.0f}"
     if magnitude >= 10:
         return f"{value:.1f}"
@@ -608,6 +608,8 @@ def _number(value: float) -> str:
 def figure(value: float | None, unit: str) -> str:
     if value is None:
         return NOT_MEASURED
+    if not unit and value == int(value):  # a count
+        return f"{value:,.0f}"
     return f"{_number(value)} {unit}".rstrip()
 
 
@@ -725,11 +727,30 @@ def git_commit() -> str:
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
+def row_title(row: Row) -> str:
+    if not row.peer_name or " vs " in row.label:
+        return row.label
+    return f"{row.label} vs {row.peer_name}"
+
+
+def targeted(areas: list[Area]) -> list[tuple[Area, Row]]:
+    """Rows with a target, each claim once (a figure compared with two peers is one claim)."""
+    seen: dict[tuple[Any, ...], tuple[Area, Row]] = {}
+    for area in areas:
+        for row in area.rows:
+            if row.target is None:
+                continue
+            on_ratio = row.target.on == "ratio"
+            key = (area.title, row.label, row.measured, row.target, on_ratio and row.peer_name)
+            seen.setdefault(key, (area, row))
+    return list(seen.values())
+
+
 def summary(areas: list[Area]) -> list[str]:
-    rows = [row for area in areas for row in area.rows if row.target is not None]
-    met = [row for row in rows if row.met is True]
-    missed = [(area, row) for area in areas for row in area.rows if row.met is False]
-    unmeasured = [row for row in rows if row.met is None]
+    rows = targeted(areas)
+    met = [row for _, row in rows if row.met is True]
+    missed = [(area, row) for area, row in rows if row.met is False]
+    unmeasured = [row for _, row in rows if row.met is None]
     lines = [
         f"{len(rows)} rows have a target: **{len(met)} met, {len(missed)} missed**, "
         f"{len(unmeasured)} not measured in this run.",
@@ -747,11 +768,7 @@ def summary(areas: list[Area]) -> list[str]:
         for area, row in missed:
             value = ratio_text(row) if row.target and row.target.on == "ratio" else None
             shown = value or figure(row.measured, row.unit)
-            lines.append(
-                f"- {area.title}: {row.label}"
-                f"{' vs ' + row.peer_name if row.peer_name else ''}: {shown}, "
-                f"target {target_text(row)}"
-            )
+            lines.append(f"- {area.title}: {row_title(row)}: {shown}, target {target_text(row)}")
         lines.append("")
     return lines
 
@@ -830,7 +847,7 @@ def draw_chart(areas: list[Area], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(12, height))
     labels, ratios, colours = [], [], []
     for _, row in rows:
-        label = row.label if " vs " in row.label else f"{row.label} vs {row.peer_name}"
+        label = row_title(row)
         labels.append(label if len(label) <= 80 else label[:79] + "…")
         ratios.append(row.ratio)
         colours.append(_colour(row))
