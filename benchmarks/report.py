@@ -889,7 +889,7 @@ def run_scripts(results_dir: Path, quick: bool, run: Run) -> None:
         argv = [sys.executable, str(path)]
         if quick and '"--quick"' in path.read_text():
             argv.append("--quick")
-        print(f"== {' '.join(argv[1:])}", flush=True)
+        print(f"== {' '.join([path.name, *argv[2:]])}", flush=True)
         start = time.perf_counter()
         log = logs / f"{name}.log"
         try:
