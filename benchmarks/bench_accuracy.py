@@ -128,7 +128,7 @@ def garrison_run(threads: int, seconds: float) -> dict[str, Any]:
                 except RateLimited:
                     pass
                 except Exception as error:  # counted, not hidden: a limiter must not raise
-                    errors[type(error).__name__] += 1
+                    errors[f"{type(error).__name__}: {error}"[:120]] += 1
 
         errors: Counter[str] = Counter()
         hammer_all(hammer, threads, seconds)
@@ -172,7 +172,7 @@ def limits_run(threads: int, seconds: float) -> dict[str, Any]:
                 try:
                     ok = hit(item, KEY)
                 except Exception as error:  # counted, not hidden: a limiter must not raise
-                    errors[type(error).__name__] += 1
+                    errors[f"{type(error).__name__}: {error}"[:120]] += 1
                     continue
                 record.append((local.last, ok))  # the entry's time, or the rejecting reading
 
@@ -235,7 +235,7 @@ def pyrate_run(threads: int, seconds: float) -> dict[str, Any]:
                 try:
                     ok = bool(try_acquire(KEY, blocking=False))
                 except Exception as error:  # counted, not hidden: a limiter must not raise
-                    errors[type(error).__name__] += 1
+                    errors[f"{type(error).__name__}: {error}"[:120]] += 1
                     continue
                 if local.item is None:  # the limiter lock was busy: refused without a look
                     refusals[slot] += 1

@@ -17,6 +17,13 @@ its rows, and those of a script that is not there (bench_redis.py needs a redis-
 read "not measured in this run". Only JSON written during this run is used, unless
 ``--no-run``. Peers of the ``bench`` extra: pybreaker, circuitbreaker, tenacity, stamina,
 limits, pyrate-limiter (``pip install -e '.[dev,all,bench]'``).
+
+Each script's JSON has its own layout, read by one function per area below. New scripts
+(bench_redis.py, or any other bench_<name>.py) should write bench_pipeline.py's layout,
+which this report reads without new code: ``{"results": {label: {"garrison": x, "peer": y,
+"peer_name": "...", "unit": "us", "ratio": x / y, "target": "<= 0.6"}}}`` (``target``
+optional; a ``unit`` ending in ``/s`` means higher is better). For bench_redis.py the row
+comparing 3 windows with limits gets issue 9's target (<= 0.6x) when it names none.
 """
 
 from __future__ import annotations
@@ -293,9 +300,11 @@ def accuracy_rows(results: Results) -> list[Row]:
         for peer in ACCURACY_PEERS:
             theirs = get(table, peer)
             errors = get(theirs, "errors")
-            note = f"{peer} raised {errors}" if errors else ""
+            raised = "; ".join(f"{error} (x{n})" for error, n in (errors or {}).items())
+            note = f"{peer} raised {raised}" if raised else ""
             if get(theirs, "refused_on_busy_lock"):
-                note = f"{peer} refused {theirs['refused_on_busy_lock']:,} calls on a busy lock"
+                refused = f"{peer} refused {theirs['refused_on_busy_lock']:,} calls on a busy lock"
+                note = f"{note}; {refused}" if note else refused
             rows += [
                 Row(
                     f"share of the allowed count admitted, {threads} threads, {interval}",
