@@ -2,8 +2,8 @@
 
 The fixtures in ``fixtures/`` hold made-up figures chosen so that every kind of row shows up:
 targets met and missed, on a ratio and on garrison's own figure, peers better and worse,
-a JSON missing (``retry``, ``http``: "not measured in this run"), a generic-layout script
-(``redis``) that gets issue 9's target, accuracy notes. Running the scripts is tested with
+a JSON missing (``retry``, ``http``: "not measured in this run"), bench_redis.py's own file
+name and layout, accuracy notes, a script in the generic layout. Running the scripts is tested with
 two tiny bench scripts in a temporary directory.
 """
 
@@ -139,22 +139,32 @@ def test_generic_rows_keep_the_script_s_targets(results: Path) -> None:
     assert "| 0.40 | none (#6 reports it) |  |" in rows
 
 
-def test_redis_rows_get_issue_9_target(results: Path) -> None:
+def test_redis_decisions_against_ping_and_limits(results: Path) -> None:
     rows = section(build(results), "Redis decisions")
-    assert "| 0.50 (2.0x faster) | <= 0.6x (#9) | met |" in rows
+    target = "<= 0.6x limits' cost for 3 windows (#9)"
     assert (
-        "| decision, 1 window vs raw PING | 90.0 us | 60.0 us (raw PING) "
-        "| 1.50 (1.5x slower) | none" in rows
+        "| sliding_log decision, 3 windows | 140 us | 280 us (limits moving window, 3 hits) "
+        f"| 0.50 (2.0x faster) | {target} | met |"
+    ) in rows
+    assert (
+        "| gcra decision, 3 windows | 200 us | 280 us (limits moving window, 3 hits) "
+        f"| 0.71 (1.4x faster) | {target} | **MISSED** |"
+    ) in rows
+    assert (
+        "| sliding_log decision, 1 window | 100 us | 50.0 us (raw PING) | 2.00 (2.0x slower) "
+        "| none (#9 reports it) |" in rows
     )
+    assert "| sliding_log decision, 3 windows, batched (a deep queue) | 20.0 us | 280 us " in rows
+    assert "| sliding_window decision, 3 windows | not measured in this run | 280 us " in rows
 
 
 def test_missing_json_reads_not_measured(results: Path) -> None:
-    (results / "redis.json").unlink()
+    (results / "bench_redis.json").unlink()
     text = build(results)
     redis = section(text, "Redis decisions")
     assert (
-        "| decision, 3 windows | not measured in this run | limits RedisStorage (3 hits) | - "
-        "| <= 0.6x (#9) | - |"
+        "| sliding_log decision, 3 windows | not measured in this run "
+        "| limits moving window, 3 hits | - | <= 0.6x limits' cost for 3 windows (#9) | - |"
     ) in redis
     http = section(text, "HTTP client vs httpx")
     assert (
@@ -175,8 +185,8 @@ def test_summary_counts_and_lists_missed_targets(results: Path) -> None:
         "vs limits moving window: 160 B" in missed
     )
     # each claim once: the memory and accuracy figures compared with two peers count once
-    assert "27 rows have a target: **8 met, 5 missed**, 14 not measured in this run." in summary
-    assert missed.count("\n- ") == 5
+    assert "29 rows have a target: **8 met, 6 missed**, 15 not measured in this run." in summary
+    assert missed.count("\n- ") == 6
     assert "- Ref ask vs bare pykka: 0.50 (2.0x faster) (bare pykka ask)" in summary
 
 
