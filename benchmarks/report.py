@@ -658,8 +658,8 @@ def ratio_text(row: Row) -> str:
         return "-"
     text = f"{ratio:.2f}" if ratio < 10 else f"{ratio:.1f}"
     better, worse = WORDS.get(row.unit.split("/")[0], ("less", "more"))
-    if row.lower_is_better and ratio > 0:
-        if ratio < 1:
+    if row.lower_is_better and ratio > 0:  # within 5% of parity: the ratio alone
+        if ratio <= 1 / 1.05:
             return f"{text} ({1 / ratio:.1f}x {better})"
         return f"{text} ({ratio:.1f}x {worse})" if ratio >= 1.05 else text
     return text
