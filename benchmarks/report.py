@@ -62,6 +62,7 @@ PACKAGES = (
     "matplotlib",
 )
 SCRIPT_TIMEOUT = 1800.0
+GIT_STATUS = ("git", "status", "--porcelain", "--untracked-files=no")
 NOT_MEASURED = "not measured in this run"
 
 
@@ -697,6 +698,30 @@ def table(rows: Iterable[Row]) -> list[str]:
     return lines
 
 
+def git_commit() -> str:
+    """The checkout's commit, and whether its code (not the reports) differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        dirty = subprocess.run(
+            [*GIT_STATUS, "src", "benchmarks", ":(exclude)benchmarks/results"],
+            cwd=HERE.parent,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
 @dataclass
 class Run:
     """What happened when the scripts ran."""
@@ -706,6 +731,7 @@ class Run:
     started: datetime.datetime
     scripts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> status, seconds
     load: list[tuple[float, ...]] = field(default_factory=list)
+    commit: str = field(default_factory=git_commit)  # when the run starts
 
 
 def machine() -> list[tuple[str, str]]:
@@ -737,29 +763,6 @@ def packages() -> str:
         except PackageNotFoundError:
             found.append(f"{name} (not installed)")
     return ", ".join(found)
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "src", "benchmarks"],
-            cwd=HERE.parent,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def row_title(row: Row) -> str:
@@ -832,7 +835,7 @@ def markdown(areas: list[Area], run: Run, chart: str | None) -> str:
     lines += [f"| {key} | {value} |" for key, value in machine()]
     lines += [
         f"| Packages | {packages()} |",
-        f"| garrison commit | {git_commit()} |",
+        f"| garrison commit | {run.commit} |",
         f"| Date | {date} |",
         f"| Command | `{run.command}` |",
     ]
