@@ -33,9 +33,11 @@ demo: $(STAMP)
 tour: $(STAMP)
 	$(PY) examples/first_steps.py
 
+# every benchmark in one run, then benchmarks/results/REPORT.md and REPORT.png
+# (BENCH_ARGS=--quick: a smoke run, written to REPORT-quick.*)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,all,bench]'
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	$(PY) benchmarks/report.py --command "make bench$(if $(BENCH_ARGS), BENCH_ARGS=$(BENCH_ARGS))" $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

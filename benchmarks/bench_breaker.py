@@ -23,6 +23,7 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,11 @@ ACTOR_CALLS = 3_000
 THREADS = 4
 CALLS_PER_THREAD = 5
 SLOW_CALL = 0.020
+
+# ``--quick``: a smoke run (benchmarks/report.py --quick); the figures mean little
+QUICK = __name__ == "__main__" and "--quick" in sys.argv[1:]
+if QUICK:
+    ROUNDS, PURE_CALLS, ACTOR_CALLS = 3, 20_000, 300
 
 
 class PykkaEcho(pykka.ThreadingActor):
@@ -252,6 +258,7 @@ def main() -> None:
                 "pybreaker": version("pybreaker"),
                 "circuitbreaker": version("circuitbreaker"),
                 "pykka": version("pykka"),
+                "quick": QUICK,
                 "rounds": ROUNDS,
                 "pure_calls": PURE_CALLS,
                 "actor_calls": ACTOR_CALLS,

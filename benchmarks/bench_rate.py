@@ -45,6 +45,7 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import threading
 import time
 import tracemalloc
@@ -82,6 +83,12 @@ ACCURACY_SECONDS = 3.0
 ACCURACY_THREADS = 4
 RT_ROUNDS = 9
 RT_ASKS = 2_000
+
+# ``--quick``: a smoke run (benchmarks/report.py --quick); the figures mean little
+QUICK = __name__ == "__main__" and "--quick" in sys.argv[1:]
+if QUICK:
+    ROUNDS, KEYS, ONE_KEY_CALLS = 2, 10_000, 10_000
+    ACCURACY_SECONDS, RT_ROUNDS, RT_ASKS = 1.0, 3, 300
 
 GARRISON_ALGORITHMS = ("sliding_log", "sliding_window", "gcra")
 REFERENCE = "limits moving window"  # the peer the 3x target is set against
@@ -798,6 +805,7 @@ def main() -> None:
         "limits": version("limits"),
         "pyrate-limiter": version("pyrate-limiter"),
         "pykka": version("pykka"),
+        "quick": QUICK,
         "rounds": ROUNDS,
         "setup": {
             "admit": (

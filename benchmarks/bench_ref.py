@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from garrison import Actor, Ref
 
 ROUNDS = 7
 ASKS = 5_000
+
+# ``--quick``: a smoke run (benchmarks/report.py --quick); the figures mean little
+QUICK = __name__ == "__main__" and "--quick" in sys.argv[1:]
+if QUICK:
+    ROUNDS, ASKS = 3, 500
 
 
 class GarrisonEcho(Actor):
@@ -92,7 +98,13 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps(
-            {"python": platform.python_version(), "rounds": ROUNDS, "asks": ASKS, "results": rows},
+            {
+                "python": platform.python_version(),
+                "quick": QUICK,
+                "rounds": ROUNDS,
+                "asks": ASKS,
+                "results": rows,
+            },
             indent=2,
         )
     )

@@ -20,6 +20,7 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +38,11 @@ from garrison.policies.backoff import RetryBudgetConfig, RetryConfig, RetryPolic
 ROUNDS = 7
 CALLS = 20_000
 ASKS = 5_000
+
+# ``--quick``: a smoke run (benchmarks/report.py --quick); the figures mean little
+QUICK = __name__ == "__main__" and "--quick" in sys.argv[1:]
+if QUICK:
+    ROUNDS, CALLS, ASKS = 3, 2_000, 500
 
 
 def per_op_us(fn: Callable[[int], None], n: int) -> float:
@@ -206,6 +212,7 @@ def main() -> None:
                 "python": platform.python_version(),
                 "tenacity": _version("tenacity"),
                 "stamina": _version("stamina"),
+                "quick": QUICK,
                 "rounds": ROUNDS,
                 "calls": CALLS,
                 "asks": ASKS,

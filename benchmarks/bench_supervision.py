@@ -22,6 +22,7 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,11 @@ from garrison.supervision import ChildSpec, Supervisor
 ROUNDS = 7
 ASKS = 5_000
 CRASHES = 300
+
+# ``--quick``: a smoke run (benchmarks/report.py --quick); the figures mean little
+QUICK = __name__ == "__main__" and "--quick" in sys.argv[1:]
+if QUICK:
+    ROUNDS, ASKS, CRASHES = 3, 500, 40
 TIMEOUT = 10.0
 
 _incarnations = itertools.count()
@@ -196,6 +202,7 @@ def main() -> None:
         json.dumps(
             {
                 "python": platform.python_version(),
+                "quick": QUICK,
                 "rounds": ROUNDS,
                 "asks": ASKS,
                 "crashes": CRASHES,
