@@ -393,15 +393,15 @@ class HostedRef(Ref):
         """Nothing to do: the host's Ref is re-pointed by its supervisor."""
 
     def _send(self, envelope: Envelope[Any]) -> None:
+        message = envelope.message
+        if self._index == 0 and type(message) is not messages._ActorStop:
+            # The outermost stage is the host's default recipient: no wrapper.
+            self._host_ref._send(envelope)
+            return
         host = actor_of(self._host_ref.actor_ref)
         if isinstance(host, StageHost):
             port = host.stages[self._index].mailbox
             assert isinstance(port, StagePort)
-            message = envelope.message
-            if self._index == 0 and type(message) is not messages._ActorStop:
-                # The outermost stage is the host's default recipient: no wrapper.
-                self._host_ref._send(envelope)
-                return
             self._host_ref._send(Envelope(ToStage(port, message), envelope.reply_to))
             return
         self._host_ref._send(envelope)  # the host is gone: its mailbox answers
