@@ -50,22 +50,28 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import structlog
 
+from _helpers.chaos import (
+    Chaos,
+    Crasher,
+    call_when_admitted,
+    outcome,
+    quiet_logs,
+    settle_threads,
+    wait_until_whole,
+)
 from garrison import Future, Runtime
 from garrison._dead_letters import DeadLetters
 from garrison._messages import Execute
-from garrison._ref import Ref, actor_of
+from garrison._ref import Ref
 from garrison.actors.bulkhead import BulkheadConfig
 from garrison.errors import (
     ActorUnavailable,
-    AskTimeout,
     BulkheadFull,
     CircuitOpen,
     OperationTimeout,
@@ -126,10 +132,6 @@ GARRISON_OUTCOMES = (
 )
 
 
-class Chaos(RuntimeError):
-    """The error an injected crash raises (not retryable: it reaches the caller as it is)."""
-
-
 class OpError(ConnectionError):
     """An operation's own failure (a ConnectionError, so the retry stage retries it)."""
 
@@ -177,47 +179,6 @@ class Workload:
 # -- crash injection ----------------------------------------------------------------------------
 
 
-class Crasher:
-    """Shadows a hook of a running stage actor so that its next call crashes the actor."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.fired: Counter[tuple[str, str]] = Counter()
-        self._armed: list[tuple[Any, str]] = []
-
-    def arm(self, stage: str, ref: Ref, hook: str, spared: tuple[str, ...] = ()) -> bool:
-        """Arm ``hook`` of the current incarnation behind ``ref``; False if it cannot be.
-
-        A call whose first argument's class is named in ``spared`` goes to the real hook
-        and the hook stays armed.
-        """
-        actor = actor_of(ref.actor_ref)
-        if actor is None or actor.actor_stopped.is_set() or hook in vars(actor):
-            return False  # restarting, or armed already
-        real = getattr(actor, hook)
-        crasher = self
-
-        def crash(*args: Any) -> Any:
-            if spared and type(args[0]).__name__ in spared:
-                return real(*args)
-            vars(actor).pop(hook, None)  # one shot (the actor is about to die anyway)
-            with crasher._lock:
-                crasher.fired[(stage, hook)] += 1
-            raise Chaos(f"chaos in {stage}.{hook}")
-
-        setattr(actor, hook, crash)
-        with self._lock:
-            self._armed.append((actor, hook))
-        return True
-
-    def disarm_all(self) -> None:
-        """Remove every shadowing attribute that has not fired (racing a firing one is fine)."""
-        with self._lock:
-            armed, self._armed = self._armed, []
-        for actor, hook in armed:
-            vars(actor).pop(hook, None)
-
-
 def chaos_loop(
     api: Pipeline, crasher: Crasher, stop: threading.Event, seed: int, errors: list[BaseException]
 ) -> None:
@@ -239,17 +200,6 @@ def chaos_loop(
 class Sent:
     asks: list[tuple[int, Future[Any]]] = field(default_factory=list)
     tells: list[int] = field(default_factory=list)
-
-
-def outcome(future: Future[Any], timeout: float) -> tuple[str, Any]:
-    """("value", v) / ("error", e) / ("hung", None) after waiting at most ``timeout``."""
-    try:
-        error = future.exception(max(timeout, 0.0))
-    except AskTimeout:
-        return ("hung", None)
-    if error is not None:
-        return ("error", error)
-    return ("value", future.get(0))
 
 
 def run_senders(
@@ -311,58 +261,6 @@ def run_senders(
 
 
 # -- checks -------------------------------------------------------------------------------------
-
-
-@contextmanager
-def quiet_logs() -> Iterator[list[dict[str, Any]]]:
-    """Capture garrison's events instead of rendering hundreds of crash tracebacks."""
-    with structlog.testing.capture_logs() as events:
-        yield events
-
-
-def settle_threads(baseline: set[threading.Thread], timeout: float) -> list[threading.Thread]:
-    """Join (bounded) the threads started since ``baseline``; return those still alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        extra = [t for t in threading.enumerate() if t not in baseline and t.is_alive()]
-        remaining = deadline - time.monotonic()
-        if not extra or remaining <= 0:
-            return extra
-        extra[0].join(min(remaining, 0.05))
-
-
-def stage_states(rt: Runtime, pipeline: str) -> dict[str, str]:
-    """``{stage: state}`` of the pipeline's stages, from the runtime's supervision tree."""
-    tree = rt.tree()
-    (entry,) = [c for c in tree["children"] if c["name"] == f"pipeline:{pipeline}"]
-    assert entry["state"] == "running", entry
-    return {child["name"]: child["state"] for child in entry.get("children", [])}
-
-
-def wait_until_whole(
-    rt: Runtime, pipeline: str, stages: set[str], timeout: float = WAIT
-) -> dict[str, str]:
-    """Poll (bounded) until every stage is running again; return the last states seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = stage_states(rt, pipeline)
-        if set(states) == stages and all(s == "running" for s in states.values()):
-            return states
-        if time.monotonic() > deadline:
-            return states
-        time.sleep(0.01)
-
-
-def call_when_admitted(api: Pipeline, fn: Callable[[], Any]) -> Any:
-    """``api.call(fn)``, tried again (bounded) while the rate limiter rejects it."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            return api.options(name="after").call(fn)
-        except RateLimited as limited:  # told operations may still be retrying
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(limited.retry_after)
 
 
 def check_error(error: BaseException, op_id: int, fired: set[str], with_fallback: bool) -> None:
