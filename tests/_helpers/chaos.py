@@ -27,6 +27,8 @@ from garrison.errors import AskTimeout, RateLimited
 from garrison.pipeline import Pipeline
 
 __all__ = [
+    "STAGE_HOOKS",
+    "WAIT",
     "Chaos",
     "Crasher",
     "call_when_admitted",
@@ -38,6 +40,18 @@ __all__ = [
 ]
 
 WAIT = 20.0  # the default bound on any single wait; a healthy run needs a small fraction
+
+# The hooks of each pipeline stage that chaos may shadow (those that see traffic): the
+# methods a stage's own logic lives in, for an incoming operation (handle_execute), an
+# outcome coming back (handle_outcome), timers and completion notices (handle_other).
+STAGE_HOOKS: dict[str, tuple[str, ...]] = {
+    "fallback": ("handle_execute", "handle_outcome"),
+    "retry": ("handle_execute", "handle_outcome", "handle_other"),
+    "circuit_breaker": ("handle_execute", "handle_outcome"),
+    "rate_limiter": ("handle_execute",),
+    "timeout": ("handle_execute", "handle_other"),
+    "bulkhead": ("handle_execute", "handle_other"),
+}
 
 
 class Chaos(RuntimeError):

@@ -51,12 +51,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
 from _helpers.chaos import (
+    STAGE_HOOKS,
     Chaos,
     Crasher,
     call_when_admitted,
@@ -65,7 +64,8 @@ from _helpers.chaos import (
     settle_threads,
     wait_until_whole,
 )
-from garrison import Future, Runtime
+from _helpers.workload import OpError, Workload, run_senders
+from garrison import Runtime
 from garrison._dead_letters import DeadLetters
 from garrison._messages import Execute
 from garrison._ref import Ref
@@ -96,15 +96,7 @@ FALLBACK = "fallback value"
 SEND_PAUSE = (0.0, 0.02)  # seconds between two sends of one sender
 CHAOS_PAUSE = (0.01, 0.05)  # seconds between two arming of a crash
 
-# Which hooks of each stage the chaos thread shadows (those that see traffic in these runs).
-HOOKS: dict[str, tuple[str, ...]] = {
-    "fallback": ("handle_execute", "handle_outcome"),
-    "retry": ("handle_execute", "handle_outcome", "handle_other"),
-    "circuit_breaker": ("handle_execute", "handle_outcome"),
-    "rate_limiter": ("handle_execute",),
-    "timeout": ("handle_execute", "handle_other"),
-    "bulkhead": ("handle_execute", "handle_other"),
-}
+HOOKS = STAGE_HOOKS
 # Messages that an armed hook lets through instead of crashing on (none: every message of
 # every stage may crash; see test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome).
 SPARED: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -132,50 +124,6 @@ GARRISON_OUTCOMES = (
 )
 
 
-class OpError(ConnectionError):
-    """An operation's own failure (a ConnectionError, so the retry stage retries it)."""
-
-
-# -- the workload -------------------------------------------------------------------------------
-
-
-class Workload:
-    """The operations: their plans, and how many times each one ran (any thread)."""
-
-    def __init__(self, count: int, seed: int) -> None:
-        rng = random.Random(seed)
-        names = [name for name, _ in PLANS]
-        weights = [weight for _, weight in PLANS]
-        self.plans = rng.choices(names, weights, k=count)
-        self.delays = [rng.uniform(0.001, 0.008) for _ in range(count)]
-        self.runs: Counter[int] = Counter()
-        self._lock = threading.Lock()
-
-    def op(self, op_id: int) -> tuple[str, int]:
-        with self._lock:
-            self.runs[op_id] += 1
-            run = self.runs[op_id]
-        plan = self.plans[op_id]
-        if plan == "slow":
-            time.sleep(self.delays[op_id])
-        elif plan == "stuck":
-            time.sleep(STUCK_FOR)
-        elif plan == "fail" or (plan == "flaky" and run == 1):
-            raise OpError(f"op {op_id} failed (run {run})")
-        return ("ok", op_id)
-
-    def execute(self, op_id: int) -> Execute:
-        """The message of operation ``op_id`` (for tells)."""
-        timeout = STUCK_TIMEOUT if self.plans[op_id] == "stuck" else None
-        return Execute(self.op, args=(op_id,), name=f"op-{op_id}", timeout=timeout)
-
-    def submit(self, api: Pipeline, op_id: int) -> Future[Any]:
-        """Ask the pipeline to run operation ``op_id`` (through its public API)."""
-        timeout = STUCK_TIMEOUT if self.plans[op_id] == "stuck" else None
-        view = api.options(name=f"op-{op_id}", timeout=timeout)
-        return view.submit(self.op, op_id)
-
-
 # -- crash injection ----------------------------------------------------------------------------
 
 
@@ -191,73 +139,6 @@ def chaos_loop(
             stop.wait(rng.uniform(*CHAOS_PAUSE))
     except BaseException as error:  # reported by the main thread
         errors.append(error)
-
-
-# -- senders ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sent:
-    asks: list[tuple[int, Future[Any]]] = field(default_factory=list)
-    tells: list[int] = field(default_factory=list)
-
-
-def run_senders(
-    api: Pipeline, workload: Workload, seed: int
-) -> tuple[Sent, Counter[int], list[int]]:
-    """Send every operation from THREADS threads; return what was sent, completions, hangs."""
-    barrier = threading.Barrier(THREADS, timeout=WAIT)
-    parts = [Sent() for _ in range(THREADS)]
-    completions: Counter[int] = Counter()
-    completions_lock = threading.Lock()
-    hung: list[int] = []
-    errors: list[BaseException] = []
-    deadline = time.monotonic() + WAIT
-
-    def count(future: Future[Any]) -> None:
-        with completions_lock:
-            completions[id(future)] += 1
-
-    def sender(index: int) -> None:
-        rng = random.Random(seed * 100 + index)
-        mine = parts[index]
-        outstanding: list[tuple[int, Future[Any]]] = []
-        try:
-            barrier.wait()
-            for seq in range(PER_THREAD):
-                op_id = index * PER_THREAD + seq
-                time.sleep(rng.uniform(*SEND_PAUSE))  # spread the run over a few seconds
-                if rng.random() < 0.6:
-                    future = workload.submit(api, op_id)
-                    future.add_done_callback(count)
-                    mine.asks.append((op_id, future))
-                    outstanding.append((op_id, future))
-                    if len(outstanding) > WINDOW:  # pace: the run must last while chaos goes on
-                        oldest, first = outstanding.pop(0)
-                        if outcome(first, deadline - time.monotonic())[0] == "hung":
-                            hung.append(oldest)
-                            return
-                else:
-                    api.ref.tell(workload.execute(op_id))
-                    mine.tells.append(op_id)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [
-        threading.Thread(target=sender, args=(i,), name=f"pipeline-chaos-sender-{i}")
-        for i in range(THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT)
-    assert not [t.name for t in threads if t.is_alive()], "a sender hung"
-    assert not errors, errors
-    sent = Sent()
-    for part in parts:
-        sent.asks.extend(part.asks)
-        sent.tells.extend(part.tells)
-    return sent, completions, hung
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -311,7 +192,9 @@ def build(rt: Runtime, name: str, with_fallback: bool) -> Pipeline:
 def check_pipeline_chaos(with_fallback: bool) -> None:
     baseline = set(threading.enumerate())
     seed = SEED + int(with_fallback)
-    workload = Workload(THREADS * PER_THREAD, seed)
+    workload = Workload(
+        THREADS * PER_THREAD, seed, PLANS, stuck_for=STUCK_FOR, per_call_timeout=STUCK_TIMEOUT
+    )
     dead_letters = DeadLetters(keep=100_000)
     crasher = Crasher()
     chaos_errors: list[BaseException] = []
@@ -328,7 +211,15 @@ def check_pipeline_chaos(with_fallback: bool) -> None:
             )
             chaos.start()
             try:
-                sent, completions, hung = run_senders(api, workload, seed)
+                sent, completions, hung = run_senders(
+                    api,
+                    workload,
+                    seed,
+                    threads=THREADS,
+                    per_thread=PER_THREAD,
+                    window=WINDOW,
+                    send_pause=SEND_PAUSE,
+                )
                 # Every ask resolves: one bounded wait for the lot.
                 deadline = time.monotonic() + WAIT
                 outcomes = [outcome(f, deadline - time.monotonic()) for _, f in sent.asks]
