@@ -32,6 +32,7 @@ __all__ = [
     "Chaos",
     "Crasher",
     "call_when_admitted",
+    "counted_logs",
     "outcome",
     "quiet_logs",
     "settle_threads",
@@ -114,6 +115,34 @@ def quiet_logs() -> Iterator[list[dict[str, Any]]]:
     """Capture garrison's events instead of rendering thousands of crash tracebacks."""
     with structlog.testing.capture_logs() as events:
         yield events
+
+
+@contextmanager
+def counted_logs() -> Iterator[Counter[str]]:
+    """Count garrison's events by name and drop them (for long runs: nothing accumulates).
+
+    Like ``structlog.testing.capture_logs`` this swaps the configured processors, which is
+    not thread-safe: enter it before starting the runtime whose events it should count.
+    """
+    counts: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def count(_logger: Any, _method: str, event: Any) -> Any:
+        with lock:
+            counts[event.get("event", "")] += 1
+        raise structlog.DropEvent
+
+    processors = structlog.get_config()["processors"]
+    saved = processors.copy()
+    try:
+        processors.clear()
+        processors.append(count)
+        structlog.configure(processors=processors)
+        yield counts
+    finally:
+        processors.clear()
+        processors.extend(saved)
+        structlog.configure(processors=processors)
 
 
 def settle_threads(baseline: set[threading.Thread], timeout: float) -> list[threading.Thread]:
