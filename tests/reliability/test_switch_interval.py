@@ -1,0 +1,72 @@
+"""The concurrency tests, run again with ``sys.setswitchinterval(1e-6)``.
+
+Python switches threads every 5 ms by default, which hides most races between two lines of
+code; at 1 µs a thread can lose the interpreter between almost any two bytecodes. This test
+runs the chaos tests (supervision, pipelines, and this suite's 10,000-operation chaos) and
+the tests that hammer actors, refs, futures, the scheduler and pipelines from several
+threads in a separate pytest process whose whole session runs at that interval (the
+``_helpers.tiny_switch`` plugin sets it and restores it), and fails with that run's report
+if any of them fails. The no-leak fixture of tests/conftest.py applies there as everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.reliability
+
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
+SELECTION = [
+    "tests/supervision/test_chaos.py",
+    "tests/pipeline/test_pipeline_chaos.py",
+    "tests/reliability/test_chaos_at_scale.py",
+    "tests/supervision/test_supervisor.py",
+    "tests/core/test_ref.py",
+    "tests/core/test_future.py",
+    "tests/core/test_scheduler.py",
+    "tests/core/test_runtime.py",
+    "tests/actors",
+    "tests/pipeline/test_pipeline.py",
+    "tests/pipeline/test_seed_scenarios.py",
+]
+
+
+@pytest.mark.timeout(900)
+def test_concurrency_tests_pass_with_a_one_microsecond_switch_interval(figures: Any) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "_helpers.tiny_switch",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "",  # no marker filter: the reliability chaos test is in the selection
+        *SELECTION,
+    ]
+    started = time.monotonic()
+    run = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=840, check=False
+    )
+    took = time.monotonic() - started
+    lines = run.stdout.strip().splitlines()
+    summary = next(
+        (line for line in reversed(lines) if re.search(r"\d+ (passed|failed)", line)), ""
+    )
+    figures.update(selection=SELECTION, summary=summary.strip("= "), seconds=round(took, 1))
+    report = "\n".join(lines[-80:]) + "\n" + run.stderr[-2000:]
+    assert run.returncode == 0, report
+    assert "switch interval: 1e-06 s" in run.stdout, report
