@@ -25,6 +25,7 @@ pytestmark = pytest.mark.reliability
 
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
+RESULTS = TESTS / "reliability" / ".results"
 SELECTION = [
     "tests/supervision/test_chaos.py",
     "tests/pipeline/test_pipeline_chaos.py",
@@ -67,6 +68,11 @@ def test_concurrency_tests_pass_with_a_one_microsecond_switch_interval(figures: 
         (line for line in reversed(lines) if re.search(r"\d+ (passed|failed)", line)), ""
     )
     figures.update(selection=SELECTION, summary=summary.strip("= "), seconds=round(took, 1))
-    report = "\n".join(lines[-80:]) + "\n" + run.stderr[-2000:]
+    log = RESULTS / "switch_interval.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(run.stdout + run.stderr)
+    # The first failure says the most (a leak fails every later test's teardown too).
+    first = run.stdout.find("\n___")
+    report = f"full output: {log}\n" + run.stdout[first : first + 6000] + run.stderr[-2000:]
     assert run.returncode == 0, report
     assert "switch interval: 1e-06 s" in run.stdout, report
