@@ -34,6 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import pykka
 import pytest
 
 from _helpers.chaos import (
@@ -299,6 +300,8 @@ def test_ten_thousand_operations_under_random_crashes_each_get_one_outcome(
             rt.stop()
         leftover = settle_threads(baseline, WAIT)
     assert leftover == [], [t.name for t in leftover]
+    registered = [str(ref) for ref in pykka.ActorRegistry.get_all()]
+    assert registered == [], f"actors still registered after rt.stop(): {registered}"
 
     fired = crasher.fired
     fired_texts = {f"chaos in {target}.{hook}" for target, hook in fired}
