@@ -87,7 +87,8 @@ def test_concurrency_tests_pass_with_a_one_microsecond_switch_interval(figures: 
     strict=False,  # the leak shows in about one run of four: a strict xfail would be as flaky
     reason=(
         "known bug: after the 10,000-operation chaos under a 1 us switch interval, pykka's "
-        "ActorRegistry sometimes still holds a RateLimiterActor once rt.stop() has returned "
+        "ActorRegistry sometimes still holds a stage actor (RateLimiterActor, TimeoutSupervisor "
+        "seen) once rt.stop() has returned "
         "(its thread has ended; ActorRegistry.stop_all cannot remove it)"
     ),
 )
