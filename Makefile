@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.garrison-installed
 
-.PHONY: test lint demo tour bench format clean venv
+.PHONY: test lint demo tour bench reliability format clean venv
 
 venv: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The reliability suite (tests/reliability): PROFILE=full (default, ~15 min) or ci (~2 min).
+PROFILE ?= full
+reliability: $(STAMP)
+	GARRISON_RELIABILITY=$(PROFILE) $(PY) -m pytest -q -m reliability -o faulthandler_timeout=900 tests/reliability
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -184,6 +184,10 @@ class SafeLoop(pykka.Actor):
         while not stopped.is_set():
             envelope = mailbox.take(self)
             if envelope is None:  # retired: a successor owns the mailbox now
+                # pykka unregisters an actor only when it stops by message; this one ends
+                # without one, so leave the registry (and say so) here.
+                pykka.ActorRegistry.unregister(self.actor_ref)
+                stopped.set()
                 return
             message = envelope.message
             if message is PING:

@@ -50,22 +50,28 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
 
 import pytest
-import structlog
 
-from garrison import Future, Runtime
+from _helpers.chaos import (
+    STAGE_HOOKS,
+    Chaos,
+    Crasher,
+    call_when_admitted,
+    outcome,
+    quiet_logs,
+    settle_threads,
+    wait_until_whole,
+)
+from _helpers.workload import OpError, Workload, run_senders
+from garrison import Runtime
 from garrison._dead_letters import DeadLetters
 from garrison._messages import Execute
-from garrison._ref import Ref, actor_of
+from garrison._ref import Ref
 from garrison.actors.bulkhead import BulkheadConfig
 from garrison.errors import (
     ActorUnavailable,
-    AskTimeout,
     BulkheadFull,
     CircuitOpen,
     OperationTimeout,
@@ -90,15 +96,7 @@ FALLBACK = "fallback value"
 SEND_PAUSE = (0.0, 0.02)  # seconds between two sends of one sender
 CHAOS_PAUSE = (0.01, 0.05)  # seconds between two arming of a crash
 
-# Which hooks of each stage the chaos thread shadows (those that see traffic in these runs).
-HOOKS: dict[str, tuple[str, ...]] = {
-    "fallback": ("handle_execute", "handle_outcome"),
-    "retry": ("handle_execute", "handle_outcome", "handle_other"),
-    "circuit_breaker": ("handle_execute", "handle_outcome"),
-    "rate_limiter": ("handle_execute",),
-    "timeout": ("handle_execute", "handle_other"),
-    "bulkhead": ("handle_execute", "handle_other"),
-}
+HOOKS = STAGE_HOOKS
 # Messages that an armed hook lets through instead of crashing on (none: every message of
 # every stage may crash; see test_a_bulkhead_crash_while_handling_a_completion_loses_no_outcome).
 SPARED: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -126,96 +124,7 @@ GARRISON_OUTCOMES = (
 )
 
 
-class Chaos(RuntimeError):
-    """The error an injected crash raises (not retryable: it reaches the caller as it is)."""
-
-
-class OpError(ConnectionError):
-    """An operation's own failure (a ConnectionError, so the retry stage retries it)."""
-
-
-# -- the workload -------------------------------------------------------------------------------
-
-
-class Workload:
-    """The operations: their plans, and how many times each one ran (any thread)."""
-
-    def __init__(self, count: int, seed: int) -> None:
-        rng = random.Random(seed)
-        names = [name for name, _ in PLANS]
-        weights = [weight for _, weight in PLANS]
-        self.plans = rng.choices(names, weights, k=count)
-        self.delays = [rng.uniform(0.001, 0.008) for _ in range(count)]
-        self.runs: Counter[int] = Counter()
-        self._lock = threading.Lock()
-
-    def op(self, op_id: int) -> tuple[str, int]:
-        with self._lock:
-            self.runs[op_id] += 1
-            run = self.runs[op_id]
-        plan = self.plans[op_id]
-        if plan == "slow":
-            time.sleep(self.delays[op_id])
-        elif plan == "stuck":
-            time.sleep(STUCK_FOR)
-        elif plan == "fail" or (plan == "flaky" and run == 1):
-            raise OpError(f"op {op_id} failed (run {run})")
-        return ("ok", op_id)
-
-    def execute(self, op_id: int) -> Execute:
-        """The message of operation ``op_id`` (for tells)."""
-        timeout = STUCK_TIMEOUT if self.plans[op_id] == "stuck" else None
-        return Execute(self.op, args=(op_id,), name=f"op-{op_id}", timeout=timeout)
-
-    def submit(self, api: Pipeline, op_id: int) -> Future[Any]:
-        """Ask the pipeline to run operation ``op_id`` (through its public API)."""
-        timeout = STUCK_TIMEOUT if self.plans[op_id] == "stuck" else None
-        view = api.options(name=f"op-{op_id}", timeout=timeout)
-        return view.submit(self.op, op_id)
-
-
 # -- crash injection ----------------------------------------------------------------------------
-
-
-class Crasher:
-    """Shadows a hook of a running stage actor so that its next call crashes the actor."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.fired: Counter[tuple[str, str]] = Counter()
-        self._armed: list[tuple[Any, str]] = []
-
-    def arm(self, stage: str, ref: Ref, hook: str, spared: tuple[str, ...] = ()) -> bool:
-        """Arm ``hook`` of the current incarnation behind ``ref``; False if it cannot be.
-
-        A call whose first argument's class is named in ``spared`` goes to the real hook
-        and the hook stays armed.
-        """
-        actor = actor_of(ref.actor_ref)
-        if actor is None or actor.actor_stopped.is_set() or hook in vars(actor):
-            return False  # restarting, or armed already
-        real = getattr(actor, hook)
-        crasher = self
-
-        def crash(*args: Any) -> Any:
-            if spared and type(args[0]).__name__ in spared:
-                return real(*args)
-            vars(actor).pop(hook, None)  # one shot (the actor is about to die anyway)
-            with crasher._lock:
-                crasher.fired[(stage, hook)] += 1
-            raise Chaos(f"chaos in {stage}.{hook}")
-
-        setattr(actor, hook, crash)
-        with self._lock:
-            self._armed.append((actor, hook))
-        return True
-
-    def disarm_all(self) -> None:
-        """Remove every shadowing attribute that has not fired (racing a firing one is fine)."""
-        with self._lock:
-            armed, self._armed = self._armed, []
-        for actor, hook in armed:
-            vars(actor).pop(hook, None)
 
 
 def chaos_loop(
@@ -232,137 +141,7 @@ def chaos_loop(
         errors.append(error)
 
 
-# -- senders ------------------------------------------------------------------------------------
-
-
-@dataclass
-class Sent:
-    asks: list[tuple[int, Future[Any]]] = field(default_factory=list)
-    tells: list[int] = field(default_factory=list)
-
-
-def outcome(future: Future[Any], timeout: float) -> tuple[str, Any]:
-    """("value", v) / ("error", e) / ("hung", None) after waiting at most ``timeout``."""
-    try:
-        error = future.exception(max(timeout, 0.0))
-    except AskTimeout:
-        return ("hung", None)
-    if error is not None:
-        return ("error", error)
-    return ("value", future.get(0))
-
-
-def run_senders(
-    api: Pipeline, workload: Workload, seed: int
-) -> tuple[Sent, Counter[int], list[int]]:
-    """Send every operation from THREADS threads; return what was sent, completions, hangs."""
-    barrier = threading.Barrier(THREADS, timeout=WAIT)
-    parts = [Sent() for _ in range(THREADS)]
-    completions: Counter[int] = Counter()
-    completions_lock = threading.Lock()
-    hung: list[int] = []
-    errors: list[BaseException] = []
-    deadline = time.monotonic() + WAIT
-
-    def count(future: Future[Any]) -> None:
-        with completions_lock:
-            completions[id(future)] += 1
-
-    def sender(index: int) -> None:
-        rng = random.Random(seed * 100 + index)
-        mine = parts[index]
-        outstanding: list[tuple[int, Future[Any]]] = []
-        try:
-            barrier.wait()
-            for seq in range(PER_THREAD):
-                op_id = index * PER_THREAD + seq
-                time.sleep(rng.uniform(*SEND_PAUSE))  # spread the run over a few seconds
-                if rng.random() < 0.6:
-                    future = workload.submit(api, op_id)
-                    future.add_done_callback(count)
-                    mine.asks.append((op_id, future))
-                    outstanding.append((op_id, future))
-                    if len(outstanding) > WINDOW:  # pace: the run must last while chaos goes on
-                        oldest, first = outstanding.pop(0)
-                        if outcome(first, deadline - time.monotonic())[0] == "hung":
-                            hung.append(oldest)
-                            return
-                else:
-                    api.ref.tell(workload.execute(op_id))
-                    mine.tells.append(op_id)
-        except BaseException as error:
-            errors.append(error)
-
-    threads = [
-        threading.Thread(target=sender, args=(i,), name=f"pipeline-chaos-sender-{i}")
-        for i in range(THREADS)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(WAIT)
-    assert not [t.name for t in threads if t.is_alive()], "a sender hung"
-    assert not errors, errors
-    sent = Sent()
-    for part in parts:
-        sent.asks.extend(part.asks)
-        sent.tells.extend(part.tells)
-    return sent, completions, hung
-
-
 # -- checks -------------------------------------------------------------------------------------
-
-
-@contextmanager
-def quiet_logs() -> Iterator[list[dict[str, Any]]]:
-    """Capture garrison's events instead of rendering hundreds of crash tracebacks."""
-    with structlog.testing.capture_logs() as events:
-        yield events
-
-
-def settle_threads(baseline: set[threading.Thread], timeout: float) -> list[threading.Thread]:
-    """Join (bounded) the threads started since ``baseline``; return those still alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        extra = [t for t in threading.enumerate() if t not in baseline and t.is_alive()]
-        remaining = deadline - time.monotonic()
-        if not extra or remaining <= 0:
-            return extra
-        extra[0].join(min(remaining, 0.05))
-
-
-def stage_states(rt: Runtime, pipeline: str) -> dict[str, str]:
-    """``{stage: state}`` of the pipeline's stages, from the runtime's supervision tree."""
-    tree = rt.tree()
-    (entry,) = [c for c in tree["children"] if c["name"] == f"pipeline:{pipeline}"]
-    assert entry["state"] == "running", entry
-    return {child["name"]: child["state"] for child in entry.get("children", [])}
-
-
-def wait_until_whole(
-    rt: Runtime, pipeline: str, stages: set[str], timeout: float = WAIT
-) -> dict[str, str]:
-    """Poll (bounded) until every stage is running again; return the last states seen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = stage_states(rt, pipeline)
-        if set(states) == stages and all(s == "running" for s in states.values()):
-            return states
-        if time.monotonic() > deadline:
-            return states
-        time.sleep(0.01)
-
-
-def call_when_admitted(api: Pipeline, fn: Callable[[], Any]) -> Any:
-    """``api.call(fn)``, tried again (bounded) while the rate limiter rejects it."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            return api.options(name="after").call(fn)
-        except RateLimited as limited:  # told operations may still be retrying
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(limited.retry_after)
 
 
 def check_error(error: BaseException, op_id: int, fired: set[str], with_fallback: bool) -> None:
@@ -414,7 +193,9 @@ def build(rt: Runtime, name: str, with_fallback: bool, fused: bool = True) -> Pi
 def check_pipeline_chaos(with_fallback: bool, fused: bool) -> None:
     baseline = set(threading.enumerate())
     seed = SEED + int(with_fallback)
-    workload = Workload(THREADS * PER_THREAD, seed)
+    workload = Workload(
+        THREADS * PER_THREAD, seed, PLANS, stuck_for=STUCK_FOR, per_call_timeout=STUCK_TIMEOUT
+    )
     dead_letters = DeadLetters(keep=100_000)
     crasher = Crasher()
     chaos_errors: list[BaseException] = []
@@ -423,7 +204,6 @@ def check_pipeline_chaos(with_fallback: bool, fused: bool) -> None:
         try:
             api = build(rt, "p", with_fallback, fused)
             stages = set(api.stages)
-            children = {"stages"} if fused else stages  # one host runs a fused pipeline
             stop = threading.Event()
             chaos = threading.Thread(
                 target=chaos_loop,
@@ -432,7 +212,15 @@ def check_pipeline_chaos(with_fallback: bool, fused: bool) -> None:
             )
             chaos.start()
             try:
-                sent, completions, hung = run_senders(api, workload, seed)
+                sent, completions, hung = run_senders(
+                    api,
+                    workload,
+                    seed,
+                    threads=THREADS,
+                    per_thread=PER_THREAD,
+                    window=WINDOW,
+                    send_pause=SEND_PAUSE,
+                )
                 # Every ask resolves: one bounded wait for the lot.
                 deadline = time.monotonic() + WAIT
                 outcomes = [outcome(f, deadline - time.monotonic()) for _, f in sent.asks]
@@ -447,8 +235,8 @@ def check_pipeline_chaos(with_fallback: bool, fused: bool) -> None:
             ]
             assert not hung, f"{len(hung)} asks never resolved, e.g. ops {hung[:10]}"
 
-            states = wait_until_whole(rt, "p", children)
-            assert states == dict.fromkeys(children, "running"), states
+            states = wait_until_whole(rt, "p", stages)
+            assert states == dict.fromkeys(stages, "running"), states
             # The pipeline still works end to end after all that (the chaos may have left
             # the breaker open: close it first).
             breaker = rt.breakers.get("p")
@@ -568,7 +356,7 @@ def test_a_pipeline_supervisor_that_gave_up_is_rebuilt_with_its_stages(fused: bo
             # through the bulkhead actor (api.submit would start it from this thread)
             kind, result = outcome(api.ref.ask_future(Execute(lambda: "x")), WAIT)
             assert (kind, type(result)) == ("error", Chaos), (kind, result)
-        whole = {"stages" if fused else "bulkhead": "running"}
+        whole = {"bulkhead": "running"}
         states = wait_until_whole(rt, "p", set(whole), timeout=2.0)
         assert states == whole, states
         assert api.submit(lambda: "back").get(WAIT) == "back"

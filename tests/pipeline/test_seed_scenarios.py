@@ -30,6 +30,7 @@ from garrison import (
     RateLimitConfig,
     RetriesExhausted,
     RetryConfig,
+    Runtime,
     TimeoutConfig,
 )
 from garrison.pipeline import STAGE_ORDER
@@ -59,6 +60,15 @@ def events() -> Iterator[tuple[Events, list[MutableMapping[str, Any]]]]:
     waiter = Events()
     with capture_logs(processors=[waiter]) as logs:
         yield waiter, logs
+
+
+@pytest.fixture
+def rt(clock: ManualClock, events: Any) -> Iterator[Runtime]:
+    """The runtime, started once the events are captured: capture_logs swaps structlog's
+    processors in place, which races with actor threads that log meanwhile (seen with a
+    tiny switch interval: the root supervisor crashed logging through no processor)."""
+    with Runtime(name="rt", clock=clock) as runtime:
+        yield runtime
 
 
 def settle(pipeline: Pipeline) -> None:

@@ -20,18 +20,16 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pykka
 import pytest
-import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from garrison import Actor, ActorUnavailable, AskTimeout, DeadLetters, Future, Ref
+from _helpers.chaos import Chaos, outcome, quiet_logs, settle_threads
+from garrison import Actor, ActorUnavailable, DeadLetters, Future, Ref
 from garrison._actor import SafeLoop
 from garrison._ref import actor_of
 from garrison.supervision import ChildSpec, Strategy, Supervisor, SupervisorRef
@@ -39,10 +37,6 @@ from garrison.supervision import ChildSpec, Strategy, Supervisor, SupervisorRef
 WAIT = 20.0  # the bound on any single wait; a healthy run needs a small fraction of it
 NEVER_GIVE_UP = {"max_restarts": 1_000_000, "within_seconds": 1.0}
 BIG_BUFFER = 1_000_000
-
-
-class Chaos(RuntimeError):
-    """The error a chaos child raises on a message flagged to crash."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +85,6 @@ class PlainChaos(pykka.ThreadingActor):
         if message.crash:
             raise Chaos(f"chaos on {message.payload}")
         return message.payload
-
-
-@contextmanager
-def quiet_logs() -> Iterator[list[dict[str, Any]]]:
-    """Capture garrison's events instead of rendering ~thousands of crash tracebacks."""
-    with structlog.testing.capture_logs() as events:
-        yield events
-
-
-def settle_threads(baseline: set[threading.Thread], timeout: float) -> list[threading.Thread]:
-    """Join (bounded) the threads started since ``baseline``; return those still alive."""
-    deadline = time.monotonic() + timeout
-    while True:
-        extra = [t for t in threading.enumerate() if t not in baseline and t.is_alive()]
-        remaining = deadline - time.monotonic()
-        if not extra or remaining <= 0:
-            return extra
-        extra[0].join(min(remaining, 0.05))
 
 
 @dataclass
@@ -164,17 +140,6 @@ def run_senders(
         merged.asks.extend(part.asks)
         merged.tells.extend(part.tells)
     return merged, completions
-
-
-def outcome(future: Future[Any], timeout: float) -> tuple[str, Any]:
-    """("value", v) / ("error", e) / ("hung", None) after waiting at most ``timeout``."""
-    try:
-        error = future.exception(timeout)
-    except AskTimeout:
-        return ("hung", None)
-    if error is not None:
-        return ("error", error)
-    return ("value", future.get(0))
 
 
 def start_chaos_supervisor(

@@ -8,6 +8,7 @@ from typing import Any
 
 import pykka
 import pytest
+from pykka._envelope import Envelope
 from structlog.testing import capture_logs
 
 from garrison import (
@@ -20,6 +21,7 @@ from garrison import (
     Ref,
 )
 from garrison._actor import SafeLoop
+from garrison._mailbox import Mailbox
 from garrison._ref import actor_of
 from garrison.supervision import (
     ChildSpec,
@@ -29,6 +31,7 @@ from garrison.supervision import (
     SupervisorGaveUp,
     SupervisorRef,
 )
+from garrison.supervision._supervisor import _ChildExited
 from garrison.testing import ManualClock
 
 # -- test actors ------------------------------------------------------------------------------
@@ -617,3 +620,13 @@ def test_nested_supervisors_without_a_route_use_their_parents_route(start):
     received = sup.child("fallback").ask("received", 5)
     assert [(r.operation.name, r.source) for r in received] == [("lost", "root/inner/w")]
     assert [(d.message, d.recipient) for d in dead.recent()] == [("not an Execute", "root/inner/w")]
+
+
+def test_a_childs_exit_notice_to_a_stopped_supervisor_is_no_dead_letter():
+    # A child that stops on its own just before its supervisor stops sends its exit notice
+    # to a closed mailbox (seen with a tiny switch interval): nobody needs it any more.
+    dead = DeadLetters()
+    mailbox = Mailbox("sup", dead)
+    mailbox.close("the actor has stopped")
+    assert not mailbox.offer(Envelope(_ChildExited("a", 1, None, will_restart=False)))
+    assert dead.count == 0

@@ -56,6 +56,9 @@ class _ChildExited:
     error: BaseException | None
     will_restart: bool
 
+    def refused(self, reason: str) -> None:
+        """The supervisor has stopped: nobody needs this notice (it is no dead letter)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _RestartDue:
