@@ -101,10 +101,11 @@ GARRISON_OUTCOMES = (
 )
 
 
-def build(rt: Runtime, name: str, with_fallback: bool) -> Pipeline:
+def build(rt: Runtime, name: str, with_fallback: bool, fused: bool) -> Pipeline:
     """Every stage; limits generous enough that rejections stay a minority."""
     return rt.pipeline(
         name,
+        fused=fused,
         rate_limit=RateLimitConfig(limits={"100ms": 150}, on_limit="reject"),
         circuit_breaker=CircuitBreakerConfig(
             failure_threshold=15,
@@ -215,7 +216,11 @@ def test_ten_thousand_operations_under_random_crashes_each_get_one_outcome(
             name="chaos", dead_letters=dead_letters, max_restarts=1_000_000, within_seconds=1.0
         ).start()
         try:
-            apis = [build(rt, "a", with_fallback=False), build(rt, "b", with_fallback=True)]
+            # one fused pipeline (one actor for all stages), one with an actor per stage
+            apis = [
+                build(rt, "a", with_fallback=False, fused=True),
+                build(rt, "b", with_fallback=True, fused=False),
+            ]
 
             def send(index: int, api: Pipeline) -> None:
                 try:

@@ -83,15 +83,6 @@ def test_concurrency_tests_pass_with_a_one_microsecond_switch_interval(figures: 
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,  # the leak shows in about one run of four: a strict xfail would be as flaky
-    reason=(
-        "known bug: after the 10,000-operation chaos under a 1 us switch interval, pykka's "
-        "ActorRegistry sometimes still holds a stage actor (RateLimiterActor, TimeoutSupervisor "
-        "seen) once rt.stop() has returned "
-        "(its thread has ended; ActorRegistry.stop_all cannot remove it)"
-    ),
-)
 def test_chaos_at_scale_with_a_one_microsecond_switch_interval(figures: Any) -> None:
     run_under_tiny_switch(
         ["tests/reliability/test_chaos_at_scale.py"], figures, "switch_interval_chaos.log"
