@@ -232,6 +232,9 @@ class BulkheadActor(Stage):
         self._lock = threading.RLock()
         self._closed = False
         self._launches: deque[tuple[Ref, Execute, Future[Any]]] = deque()
+        # Replies of operations try_admit turned away (their callers send them to the actor)
+        # and the actor has not handled yet: none may be overtaken by a later try_admit.
+        self._detoured: set[Future[Any]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -311,16 +314,21 @@ class BulkheadActor(Stage):
         """Start ``message`` from the calling thread if it can start now; else return False.
 
         False means: send it to the actor (which queues or refuses it). Safe from any thread.
+        An operation never starts ahead of one turned away before it and still on its way to
+        the actor (per-sender order).
         """
-        if self._queued or self._in_flight >= self.config.concurrency:
-            return False  # a racy first look, to leave the lock alone when it is busy
+        if self._queued or self._detoured or self._in_flight >= self.config.concurrency:
+            self._detoured.add(reply)  # a racy first look, to leave the lock alone when busy
+            return False
         with self._lock:
             if (
                 self._closed
                 or self._queued
+                or self._detoured
                 or self._stuck > self.config.abandon_cap
                 or not self._can_start(message)
             ):
+                self._detoured.add(reply)
                 return False
             self._start(message, reply)
         self._launch()
@@ -329,6 +337,7 @@ class BulkheadActor(Stage):
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Run ``message`` now, queue it, or refuse it with BulkheadFull."""
         with self._lock:
+            self._detoured.discard(reply)
             if self._stuck > self.config.abandon_cap and self.downstream is None:
                 why = "too many workers are stuck in abandoned calls"
             elif self._can_start(message):

@@ -1,0 +1,120 @@
+"""An adversarial review of fused pipelines (StageHost) and the bulkhead's locking.
+
+Each test names the invariant it guards: exactly one outcome per operation, per-sender FIFO
+per stage, restarts that behave as they do for an actor per stage, no leaked threads.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from garrison import Runtime
+from garrison._ref import actor_of
+from garrison.actors import BulkheadConfig
+from garrison.actors._host import HostedRef, StageHost
+from garrison.actors._stage import Stage
+from garrison.actors.bulkhead import BulkheadActor
+from garrison.pipeline import Pipeline
+
+WAIT = 5.0
+
+
+class Boom(Exception):
+    pass
+
+
+def _host(api: Pipeline) -> StageHost:
+    ref = api.stages["bulkhead"]
+    assert isinstance(ref, HostedRef)
+    host = actor_of(ref.host.actor_ref)
+    assert isinstance(host, StageHost)
+    return host
+
+
+def _stage(api: Pipeline, name: str) -> Stage:
+    stage = actor_of(api.stages[name].actor_ref)
+    assert isinstance(stage, Stage)
+    return stage
+
+
+def _crash_next(stage: Stage, hook: str) -> None:
+    """Make ``stage`` raise Boom the next time ``hook`` is called."""
+
+    def boom(*_args: Any) -> Any:
+        vars(stage).pop(hook, None)
+        raise Boom(f"{hook} crashed")
+
+    setattr(stage, hook, boom)
+
+
+def _wait_restarted(api: Pipeline, before: StageHost) -> StageHost:
+    ref = api.stages["bulkhead"]
+    assert isinstance(ref, HostedRef)
+    for _ in range(500):
+        host = actor_of(ref.host.actor_ref)
+        if host is not before and ref.is_alive() and ref.settle(WAIT):
+            assert isinstance(host, StageHost)
+            return host
+        threading.Event().wait(0.01)
+    raise AssertionError("the host was not restarted")
+
+
+def _crash_host(api: Pipeline, stage_name: str) -> StageHost:
+    """Crash the host through ``stage_name``'s handle_execute; return the restarted host."""
+    before = _host(api)
+    _crash_next(_stage(api, stage_name), "handle_execute")
+    with pytest.raises(Boom):
+        api.call(int)
+    return _wait_restarted(api, before)
+
+
+def _gate(stage: Stage, hook: str) -> tuple[threading.Event, threading.Event]:
+    """Hold the next call of ``stage.hook`` until the returned ``release`` is set."""
+    entered, release = threading.Event(), threading.Event()
+    original: Callable[..., Any] = getattr(stage, hook)
+
+    def held(*args: Any) -> Any:
+        vars(stage).pop(hook, None)
+        entered.set()
+        release.wait(WAIT)
+        return original(*args)
+
+    setattr(stage, hook, held)
+    return entered, release
+
+
+# -- per-sender FIFO: the caller-thread fast path of a bulkhead-only pipeline -----------------
+
+
+def test_a_fast_path_start_does_not_overtake_an_execute_still_in_the_host_mailbox(
+    rt: Runtime,
+) -> None:
+    api = rt.pipeline("p", bulkhead=BulkheadConfig(max_workers=1, max_queue=5))
+    bulkhead = _host(api).stages[0]
+    assert isinstance(bulkhead, BulkheadActor)
+    started: list[int] = []
+    release_first = threading.Event()
+
+    def op(n: int) -> int:
+        started.append(n)
+        if n == 1:
+            release_first.wait(WAIT)
+        return n
+
+    first = api.submit(op, 1)  # started from this thread: the worker is free
+    entered, release_host = _gate(bulkhead, "handle_execute")
+    second = api.submit(op, 2)  # no slot: sent to the host, which is held before handling it
+    assert entered.wait(WAIT)
+    release_first.set()
+    assert first.get(WAIT) == 1
+    third = api.submit(op, 3)  # the slot is free again, but the second is still on its way
+    release_host.set()
+    assert second.get(WAIT) == 2
+    assert third.get(WAIT) == 3
+    # One sender, one stage: the bulkhead must start them in the order they were sent.
+    assert started == [1, 2, 3]
+
