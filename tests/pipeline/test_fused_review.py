@@ -19,6 +19,9 @@ from garrison.actors._host import HostedRef, StageHost
 from garrison.actors._stage import Stage
 from garrison.actors.bulkhead import BulkheadActor
 from garrison.pipeline import Pipeline
+from garrison.policies.backoff import RetryConfig
+from garrison.policies.breaker import CircuitBreakerConfig
+from garrison.policies.rate import RateLimitConfig
 
 WAIT = 5.0
 
@@ -118,3 +121,28 @@ def test_a_fast_path_start_does_not_overtake_an_execute_still_in_the_host_mailbo
     # One sender, one stage: the bulkhead must start them in the order they were sent.
     assert started == [1, 2, 3]
 
+
+# -- restarts: every stage keeps its state, as it would alone --------------------------------
+
+
+def test_one_stage_whose_snapshot_fails_does_not_cost_the_others_their_state(
+    rt: Runtime,
+) -> None:
+    api = rt.pipeline(
+        "p",
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=5, recovery_timeout=60),
+        rate_limit=RateLimitConfig(per_second=100),
+        retry=RetryConfig(max_attempts=1),
+    )
+    breaker = rt.breakers.get("p")
+    assert breaker is not None
+    breaker.force_open()
+
+    def broken_snapshot() -> Any:
+        raise Boom("the limiter cannot take a snapshot")
+
+    limiter = _stage(api, "rate_limiter")
+    limiter.snapshot = broken_snapshot  # type: ignore[attr-defined]
+    _crash_host(api, "retry")
+    # Alone, only the limiter would lose its state; fused, the breaker must not lose its own.
+    assert api.status()["circuit_breaker"]["state"] == "forced_open"

@@ -46,6 +46,7 @@ from garrison._ref import Ref, actor_of
 from garrison._scheduler import Scheduler
 from garrison._spawn import inject_services
 from garrison.actors._stage import Observed, Stage
+from garrison.observability.events import emit
 
 __all__ = ["HostedRef", "HostedStage", "StageHost", "StagePort", "ToStage"]
 
@@ -158,6 +159,7 @@ class StageHost(Actor):
         self.run_queue: deque[tuple[int, Envelope[Any]]] = deque()
         self._ident: int | None = None
         self._crashed_item: tuple[Stage, Envelope[Any]] | None = None
+        self._restored: dict[str, Any] = {}
         self.names = tuple(spec.name for spec in stages)
         built: list[Stage] = []
         downstream: Ref | None = None
@@ -236,16 +238,32 @@ class StageHost(Actor):
         stage.actor_stopped.set()
 
     def snapshot(self) -> dict[str, Any]:
-        """Each stage's snapshot, by stage name (for a supervised restart)."""
+        """Each stage's snapshot, by stage name (for a supervised restart).
+
+        A stage whose snapshot fails keeps the one it was restored from (as a supervisor
+        keeps an actor's previous snapshot); the other stages' snapshots are not lost.
+        """
         states: dict[str, Any] = {}
         for name, stage in zip(self.names, self.stages, strict=True):
             take = getattr(stage, "snapshot", None)
-            if callable(take):
+            if not callable(take):
+                continue
+            try:
                 states[name] = take()
+            except Exception as error:
+                emit(
+                    "garrison.supervisor.snapshot_failed",
+                    level="error",
+                    actor=stage.mailbox.name,
+                    error=error,
+                )
+                if name in self._restored:
+                    states[name] = self._restored[name]
         return states
 
     def restore(self, state: dict[str, Any]) -> None:
         """Give each stage its predecessor's snapshot."""
+        self._restored = state
         for name, stage in zip(self.names, self.stages, strict=True):
             if name in state:
                 getattr(stage, "restore")(state[name])  # noqa: B009 (an optional hook)
