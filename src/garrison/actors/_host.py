@@ -207,16 +207,31 @@ class StageHost(Actor):
             self._drain()
 
     def on_stop(self) -> None:
-        """Stop the stages, outermost first (as a supervisor stops its children)."""
+        """Stop the stages, outermost first (as a supervisor stops its children).
+
+        A stage whose ``on_stop`` fails does not keep the next ones from stopping (their
+        workers and timers would outlive the runtime); the first error is raised at the end.
+        """
+        first_error: Exception | None = None
         try:
             for stage in self.stages:
                 try:
                     stage.on_stop()
+                except Exception as error:
+                    first_error = first_error or error
                 finally:
                     self._mark_stopped(stage, refuse=True)
                     self._drain()
         finally:
             self._ident = None
+        if first_error is not None:
+            raise first_error
+
+    def _actor_loop_teardown(self) -> None:
+        # A host retired while stuck ends here without on_stop: its thread's ident may be
+        # reused, and a message for its stages must not land in a run queue nobody reads.
+        self._ident = None
+        super()._actor_loop_teardown()
 
     def on_failure(self, *exc_info: Any) -> None:
         """A stage crashed: every stage fails with the host; what was queued is kept."""
@@ -424,13 +439,15 @@ class HostedRef(Ref):
             return
         self._host_ref._send(envelope)  # the host is gone: its mailbox answers
 
+    # The host's stable Ref (one per path, re-pointed on restarts) identifies the host: the
+    # hash must not follow the incarnation, or a HostedRef is lost from sets after a restart.
     def __eq__(self, other: object) -> bool:
         if isinstance(other, HostedRef):
-            return self._host_ref == other._host_ref and self._index == other._index
+            return self._host_ref is other._host_ref and self._index == other._index
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((self._host_ref, self._index))
+        return hash((id(self._host_ref), self._index))
 
     def __repr__(self) -> str:
         return f"<garrison.HostedRef {self.name!r} in {self._host_ref!r}>"
