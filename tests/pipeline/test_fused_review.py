@@ -285,3 +285,28 @@ def test_a_retired_host_does_not_take_messages_from_a_thread_that_reuses_its_ide
     assert asked[0].done()
     assert isinstance(asked[0].exception(0), ActorUnavailable)
 
+
+# -- the bulkhead's completions ---------------------------------------------------------------
+
+
+def test_many_queued_coroutine_operations_failing_at_once_all_get_their_outcome(
+    rt: Runtime,
+) -> None:
+    api = rt.pipeline("p", bulkhead=BulkheadConfig(max_workers=1, max_queue=1000))
+    release = threading.Event()
+    blocker = api.submit(release.wait, WAIT)
+
+    async def needs_an_argument(value: int) -> int:
+        return value
+
+    # Each fails as it starts (a TypeError calling it), in the thread that starts it.
+    queued = [api.submit(needs_an_argument) for _ in range(400)]  # type: ignore[call-arg]
+    assert api.stages["bulkhead"].settle(WAIT)
+    assert api.status()["bulkhead"]["queued"] == 400
+    host = _host(api)
+    release.set()
+    assert blocker.get(WAIT) is True
+    for future in queued:
+        assert isinstance(future.exception(WAIT), TypeError)
+    assert _host(api) is host  # no crash
+    assert api.status()["bulkhead"]["in_use"] == 0

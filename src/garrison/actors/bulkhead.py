@@ -235,6 +235,7 @@ class BulkheadActor(Stage):
         # Replies of operations try_admit turned away (their callers send them to the actor)
         # and the actor has not handled yet: none may be overtaken by a later try_admit.
         self._detoured: set[Future[Any]] = set()
+        self._booking = threading.local()  # completions met while this thread books one
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -418,7 +419,27 @@ class BulkheadActor(Stage):
     # -- completion, timeouts, abandonment ----------------------------------------------------
 
     def _completed(self, reply: Future[Any], inner: Future[Any]) -> None:
-        """An operation finished (in the thread that finished it): book it, then answer."""
+        """An operation finished (in the thread that finished it): book it, then answer.
+
+        An operation that finishes as it starts (a coroutine function that cannot be called,
+        say) does so while this thread books another: it is booked after that one, not inside
+        it, so a queue of such operations never nests bookings (nor overflows the stack).
+        """
+        booking = self._booking
+        later: deque[tuple[Future[Any], Future[Any]]] | None = getattr(booking, "later", None)
+        if later is not None:
+            later.append((reply, inner))
+            return
+        booking.later = later = deque([(reply, inner)])
+        try:
+            while later:
+                self._book(*later.popleft())
+        finally:
+            booking.later = None
+            for left_reply, left_inner in later:  # a bookkeeping error escaped: still answer
+                copy_outcome(left_inner, left_reply)
+
+    def _book(self, reply: Future[Any], inner: Future[Any]) -> None:
         try:
             self._complete(reply)
             self._launch()
