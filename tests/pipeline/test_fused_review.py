@@ -310,3 +310,43 @@ def test_many_queued_coroutine_operations_failing_at_once_all_get_their_outcome(
         assert isinstance(future.exception(WAIT), TypeError)
     assert _host(api) is host  # no crash
     assert api.status()["bulkhead"]["in_use"] == 0
+
+
+def test_workers_of_a_crashed_incarnation_are_waited_for_when_the_runtime_stops(
+    clock: ManualClock,
+) -> None:
+    started, release, joined = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> bool:
+        started.set()
+        return release.wait(WAIT)
+
+    with Runtime(name="rt", clock=clock) as rt:
+        api = rt.pipeline(
+            "p", retry=RetryConfig(max_attempts=1), bulkhead=BulkheadConfig(max_workers=2)
+        )
+        busy = api.submit(hold)
+        assert started.wait(WAIT)
+        old = _stage(api, "bulkhead")
+        assert isinstance(old, BulkheadActor)
+        (record,) = old._running.values()
+        assert record.worker is not None
+        orphan = record.worker.actor._thread
+        assert orphan is not None
+        join = orphan.join
+
+        def join_releases(timeout: float | None = None) -> None:
+            joined.set()  # whoever waits for the worker lets its call finish
+            release.set()
+            join(timeout)
+
+        orphan.join = join_releases  # type: ignore[method-assign]
+        _crash_host(api, "retry")  # every stage crashes with the host, the bulkhead too
+    try:
+        # Runtime.stop returned: it waited for the crashed bulkhead's worker, as the
+        # bulkhead waits for its own when it stops.
+        assert joined.is_set()
+        assert not orphan.is_alive()
+        assert busy.get(WAIT) is True
+    finally:
+        release.set()

@@ -236,6 +236,9 @@ class BulkheadActor(Stage):
         # and the actor has not handled yet: none may be overtaken by a later try_admit.
         self._detoured: set[Future[Any]] = set()
         self._booking = threading.local()  # completions met while this thread books one
+        # Workers told to stop without being waited for (a crash, here or in a crashed
+        # predecessor): waited for when this bulkhead stops, as its own workers are.
+        self._ending: list[_Worker] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -298,6 +301,7 @@ class BulkheadActor(Stage):
                 continue  # stuck in a call nobody waits for: it ends when the call returns
             if not join:
                 worker.ref.tell(pykka.messages._ActorStop())
+                self._ending.append(worker)
                 continue
             if not stop_and_join(worker.ref, self.config.shutdown_timeout):
                 emit(
@@ -307,7 +311,36 @@ class BulkheadActor(Stage):
                     worker=worker.ref.name,
                     reason="it did not stop within shutdown_timeout",
                 )
+        if join:
+            self._join_ending()
         self.release_scheduler()
+
+    def _join_ending(self) -> None:
+        ending, self._ending = self._ending, []
+        for worker in ending:
+            thread = worker.actor._thread
+            if thread is None or thread is threading.current_thread():
+                continue
+            thread.join(self.config.shutdown_timeout)
+            if thread.is_alive():
+                emit(
+                    "garrison.bulkhead.worker_abandoned",
+                    level="warning",
+                    bulkhead=self.name,
+                    worker=worker.ref.name,
+                    reason="a crashed bulkhead's worker did not stop within shutdown_timeout",
+                )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The workers still ending after a crash (the next incarnation waits for them)."""
+        alive = [
+            w for w in self._ending if w.actor._thread is not None and w.actor._thread.is_alive()
+        ]
+        return {"ending": alive}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take over a crashed predecessor's ending workers, to wait for them when stopping."""
+        self._ending.extend(state.get("ending", ()))
 
     # -- admission ----------------------------------------------------------------------------
 
