@@ -6,8 +6,10 @@ per stage, restarts that behave as they do for an actor per stage, no leaked thr
 
 from __future__ import annotations
 
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,6 +189,20 @@ def test_a_hosted_ref_keeps_its_hash_across_host_restarts(rt: Runtime) -> None:
     assert by_ref.get(ref) == "retry"
 
 
+def test_a_hosted_ref_is_not_equal_to_its_host_nor_to_another_stage(rt: Runtime) -> None:
+    api = rt.pipeline("p", retry=RetryConfig(max_attempts=1))
+    retry, bulkhead = api.stages["retry"], api.stages["bulkhead"]
+    assert isinstance(retry, HostedRef)
+    host = retry.host
+    # Equal objects must hash alike: a stage is not its host (nor the host's first actor).
+    assert retry != host
+    assert host != retry
+    assert retry != Ref(host.actor_ref)
+    assert Ref(host.actor_ref) != retry
+    assert retry != bulkhead
+    assert retry == HostedRef(host, 0, "retry")
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="Ref.__hash__ (src/garrison/_ref.py) hashes the current incarnation's actor_urn, "
@@ -350,3 +366,59 @@ def test_workers_of_a_crashed_incarnation_are_waited_for_when_the_runtime_stops(
         assert busy.get(WAIT) is True
     finally:
         release.set()
+
+
+# -- Redis-backed stages under a host --------------------------------------------------------
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own (skipped without the redis extra or the binary)."""
+    pytest.importorskip("redis", reason="needs the redis extra (redis-py)")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "redis"))
+    try:
+        from _server import RedisServer, redis_binary  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    binary = redis_binary()
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(binary, workdir=tmp_path).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "fused",
+    [
+        pytest.param(False, id="actor_per_stage"),
+        pytest.param(
+            True,
+            id="fused",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="RateLimiterActor._batched (actors/limiter.py) tells itself _Flush to "
+                "decide the batch after the Executes queued behind it; hosted, that tell goes "
+                "to the host's run queue and is handled at once, so every batch holds one "
+                "request (one Redis round trip each); StagePort.qsize also counts other "
+                "stages' messages. Needs a 'send to the back of the host mailbox' port call.",
+            ),
+        ),
+    ],
+)
+def test_a_shared_rate_limiter_decides_a_deep_backlog_in_few_redis_batches(
+    redis_url: str, fused: bool
+) -> None:
+    with Runtime(name=f"t{threading.get_ident()}", backend=redis_url) as rt:
+        api = rt.pipeline("api", fused=fused, rate_limit=RateLimitConfig(per_second=10_000))
+        limiter = _stage(api, "rate_limiter")
+        entered, release = _gate(limiter, "handle_execute")
+        first = api.submit(int)
+        assert entered.wait(WAIT)
+        backlog = [api.submit(int) for _ in range(40)]  # queued behind the held first one
+        release.set()
+        assert first.get(WAIT) == 0
+        assert [future.get(WAIT) for future in backlog] == [0] * 40
+        assert api.status()["rate_limiter"]["batches"] <= 4

@@ -444,6 +444,8 @@ class HostedRef(Ref):
     def __eq__(self, other: object) -> bool:
         if isinstance(other, HostedRef):
             return self._host_ref is other._host_ref and self._index == other._index
+        if isinstance(other, Ref):
+            return False  # a stage is not its host (nor another actor); Ref's __eq__ says it is
         return NotImplemented
 
     def __hash__(self) -> int:
