@@ -20,8 +20,9 @@ from garrison._ref import Ref, actor_of
 from garrison.actors import BulkheadConfig
 from garrison.actors._host import HostedRef, HostedStage, StageHost
 from garrison.actors._stage import Stage
+from garrison.actors.breaker import CircuitBreakerActor
 from garrison.actors.bulkhead import BulkheadActor
-from garrison.errors import ActorUnavailable
+from garrison.errors import ActorUnavailable, RateLimited
 from garrison.pipeline import Pipeline
 from garrison.policies.backoff import RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
@@ -152,6 +153,37 @@ def test_one_stage_whose_snapshot_fails_does_not_cost_the_others_their_state(
     _crash_host(api, "retry")
     # Alone, only the limiter would lose its state; fused, the breaker must not lose its own.
     assert api.status()["circuit_breaker"]["state"] == "forced_open"
+
+
+def test_one_stage_whose_restore_fails_does_not_cost_the_others_their_state(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = rt.pipeline(
+        "p",
+        circuit_breaker=CircuitBreakerConfig(failure_threshold=5),
+        rate_limit=RateLimitConfig(per_second=3, on_limit="reject"),
+        retry=RetryConfig(max_attempts=1),
+    )
+    assert api.call(lambda: 1) == 1  # one call of three in this second
+    restore = CircuitBreakerActor.restore
+    failures: list[int] = []
+
+    def restore_fails_once(self: CircuitBreakerActor, state: dict[str, Any]) -> None:
+        if not failures:
+            failures.append(1)
+            raise Boom("the breaker cannot restore")
+        restore(self, state)
+
+    monkeypatch.setattr(CircuitBreakerActor, "restore", restore_fails_once)
+    host = _crash_host(api, "retry")  # restarted twice: its first restore failed
+    assert failures == [1]
+    assert _host(api) is host
+    # The limiter's window was restored (the breaker's failure did not skip it): one call of
+    # three was used in this second, so two more pass and the third is refused.
+    assert api.call(lambda: 2) == 2
+    assert api.call(lambda: 3) == 3
+    with pytest.raises(RateLimited):
+        api.call(int)
 
 
 def test_a_stage_whose_on_stop_fails_does_not_keep_the_others_from_stopping(

@@ -277,11 +277,22 @@ class StageHost(Actor):
         return states
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Give each stage its predecessor's snapshot."""
+        """Give each stage its predecessor's snapshot.
+
+        A stage whose restore fails crashes the host (the first error is raised), but only
+        after every other stage got its state back, so the snapshot taken for the next
+        restart still holds theirs.
+        """
         self._restored = state
+        first_error: Exception | None = None
         for name, stage in zip(self.names, self.stages, strict=True):
             if name in state:
-                getattr(stage, "restore")(state[name])  # noqa: B009 (an optional hook)
+                try:
+                    getattr(stage, "restore")(state[name])  # noqa: B009 (an optional hook)
+                except Exception as error:
+                    first_error = first_error or error
+        if first_error is not None:
+            raise first_error
 
     # -- messages -----------------------------------------------------------------------------
 
