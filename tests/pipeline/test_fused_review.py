@@ -23,7 +23,7 @@ from garrison.actors._stage import Stage
 from garrison.actors.breaker import CircuitBreakerActor
 from garrison.actors.bulkhead import BulkheadActor
 from garrison.errors import ActorUnavailable, RateLimited
-from garrison.pipeline import Pipeline
+from garrison.pipeline import FallbackConfig, Pipeline
 from garrison.policies.backoff import RetryConfig
 from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.policies.rate import RateLimitConfig
@@ -454,3 +454,54 @@ def test_a_shared_rate_limiter_decides_a_deep_backlog_in_few_redis_batches(
         assert first.get(WAIT) == 0
         assert [future.get(WAIT) for future in backlog] == [0] * 40
         assert api.status()["rate_limiter"]["batches"] <= 4
+
+
+# -- many senders at once: one outcome and one run per operation --------------------------
+
+
+@pytest.mark.parametrize("shape", ["bulkhead_only", "full"])
+def test_concurrent_senders_each_get_one_outcome_and_one_run_per_operation(
+    rt: Runtime, shape: str
+) -> None:
+    stages: dict[str, Any] = {"bulkhead": BulkheadConfig(max_workers=3, max_queue=10_000)}
+    if shape == "full":
+        stages.update(
+            retry=RetryConfig(max_attempts=1),
+            circuit_breaker=CircuitBreakerConfig(failure_threshold=10_000),
+            rate_limit=RateLimitConfig(per_second=1_000_000),
+            fallback=FallbackConfig(fallback=lambda error, message: "fallback"),
+        )
+    api = rt.pipeline("p", **stages)
+    runs: dict[tuple[int, int], int] = {}
+    lock = threading.Lock()
+
+    def op(sender: int, n: int) -> tuple[int, int]:
+        with lock:
+            runs[sender, n] = runs.get((sender, n), 0) + 1
+        if n % 7 == 3:
+            raise Boom(f"{sender}/{n}")
+        return sender, n
+
+    futures: dict[tuple[int, int], Future[Any]] = {}
+    go = threading.Barrier(6)
+
+    def send(sender: int) -> None:
+        go.wait(WAIT)
+        for n in range(150):
+            futures[sender, n] = api.submit(op, sender, n)
+
+    senders = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for thread in senders:
+        thread.start()
+    for thread in senders:
+        thread.join(WAIT)
+    assert len(futures) == 6 * 150
+    for (sender, n), future in futures.items():
+        error = future.exception(WAIT)
+        if n % 7 == 3 and shape == "bulkhead_only":
+            assert isinstance(error, Boom)
+        else:
+            assert error is None
+            assert future.get(0) == ((sender, n) if n % 7 != 3 else "fallback")
+    assert set(runs.values()) == {1}  # every operation ran, none twice
+    assert len(runs) == 6 * 150
