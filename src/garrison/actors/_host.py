@@ -46,6 +46,7 @@ from garrison._ref import Ref, actor_of
 from garrison._scheduler import Scheduler
 from garrison._spawn import inject_services
 from garrison.actors._stage import Observed, Stage
+from garrison.observability.events import emit
 
 __all__ = ["HostedRef", "HostedStage", "StageHost", "StagePort", "ToStage"]
 
@@ -158,6 +159,7 @@ class StageHost(Actor):
         self.run_queue: deque[tuple[int, Envelope[Any]]] = deque()
         self._ident: int | None = None
         self._crashed_item: tuple[Stage, Envelope[Any]] | None = None
+        self._restored: dict[str, Any] = {}
         self.names = tuple(spec.name for spec in stages)
         built: list[Stage] = []
         downstream: Ref | None = None
@@ -205,16 +207,31 @@ class StageHost(Actor):
             self._drain()
 
     def on_stop(self) -> None:
-        """Stop the stages, outermost first (as a supervisor stops its children)."""
+        """Stop the stages, outermost first (as a supervisor stops its children).
+
+        A stage whose ``on_stop`` fails does not keep the next ones from stopping (their
+        workers and timers would outlive the runtime); the first error is raised at the end.
+        """
+        first_error: Exception | None = None
         try:
             for stage in self.stages:
                 try:
                     stage.on_stop()
+                except Exception as error:
+                    first_error = first_error or error
                 finally:
                     self._mark_stopped(stage, refuse=True)
                     self._drain()
         finally:
             self._ident = None
+        if first_error is not None:
+            raise first_error
+
+    def _actor_loop_teardown(self) -> None:
+        # A host retired while stuck ends here without on_stop: its thread's ident may be
+        # reused, and a message for its stages must not land in a run queue nobody reads.
+        self._ident = None
+        super()._actor_loop_teardown()
 
     def on_failure(self, *exc_info: Any) -> None:
         """A stage crashed: every stage fails with the host; what was queued is kept."""
@@ -236,19 +253,46 @@ class StageHost(Actor):
         stage.actor_stopped.set()
 
     def snapshot(self) -> dict[str, Any]:
-        """Each stage's snapshot, by stage name (for a supervised restart)."""
+        """Each stage's snapshot, by stage name (for a supervised restart).
+
+        A stage whose snapshot fails keeps the one it was restored from (as a supervisor
+        keeps an actor's previous snapshot); the other stages' snapshots are not lost.
+        """
         states: dict[str, Any] = {}
         for name, stage in zip(self.names, self.stages, strict=True):
             take = getattr(stage, "snapshot", None)
-            if callable(take):
+            if not callable(take):
+                continue
+            try:
                 states[name] = take()
+            except Exception as error:
+                emit(
+                    "garrison.supervisor.snapshot_failed",
+                    level="error",
+                    actor=stage.mailbox.name,
+                    error=error,
+                )
+                if name in self._restored:
+                    states[name] = self._restored[name]
         return states
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Give each stage its predecessor's snapshot."""
+        """Give each stage its predecessor's snapshot.
+
+        A stage whose restore fails crashes the host (the first error is raised), but only
+        after every other stage got its state back, so the snapshot taken for the next
+        restart still holds theirs.
+        """
+        self._restored = state
+        first_error: Exception | None = None
         for name, stage in zip(self.names, self.stages, strict=True):
             if name in state:
-                getattr(stage, "restore")(state[name])  # noqa: B009 (an optional hook)
+                try:
+                    getattr(stage, "restore")(state[name])  # noqa: B009 (an optional hook)
+                except Exception as error:
+                    first_error = first_error or error
+        if first_error is not None:
+            raise first_error
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -406,13 +450,17 @@ class HostedRef(Ref):
             return
         self._host_ref._send(envelope)  # the host is gone: its mailbox answers
 
+    # The host's stable Ref (one per path, re-pointed on restarts) identifies the host: the
+    # hash must not follow the incarnation, or a HostedRef is lost from sets after a restart.
     def __eq__(self, other: object) -> bool:
         if isinstance(other, HostedRef):
-            return self._host_ref == other._host_ref and self._index == other._index
+            return self._host_ref is other._host_ref and self._index == other._index
+        if isinstance(other, Ref):
+            return False  # a stage is not its host (nor another actor); Ref's __eq__ says it is
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash((self._host_ref, self._index))
+        return hash((id(self._host_ref), self._index))
 
     def __repr__(self) -> str:
         return f"<garrison.HostedRef {self.name!r} in {self._host_ref!r}>"

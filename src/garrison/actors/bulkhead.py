@@ -232,6 +232,13 @@ class BulkheadActor(Stage):
         self._lock = threading.RLock()
         self._closed = False
         self._launches: deque[tuple[Ref, Execute, Future[Any]]] = deque()
+        # Replies of operations try_admit turned away (their callers send them to the actor)
+        # and the actor has not handled yet: none may be overtaken by a later try_admit.
+        self._detoured: set[Future[Any]] = set()
+        self._booking = threading.local()  # completions met while this thread books one
+        # Workers told to stop without being waited for (a crash, here or in a crashed
+        # predecessor): waited for when this bulkhead stops, as its own workers are.
+        self._ending: list[_Worker] = []
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -286,14 +293,22 @@ class BulkheadActor(Stage):
             self._queued.clear()
             workers, self._workers = self._workers, []
             self._idle.clear()
+            # Workers not in a call (idle, or unwinding from one that has finished) stop at
+            # once: waiting for them costs nothing even when the bulkhead crashed.
+            busy = {
+                id(record.worker)
+                for record in self._running.values()
+                if record.worker is not None and not record.inner.done()
+            }
         for entry in waiting:
             entry.reply.try_set_exception(ActorUnavailable(self.mailbox.name, reason))
         for worker in workers:
             worker.actor._exit_listener = None
             if worker.retired:
                 continue  # stuck in a call nobody waits for: it ends when the call returns
-            if not join:
+            if not join and id(worker) in busy:
                 worker.ref.tell(pykka.messages._ActorStop())
+                self._ending.append(worker)
                 continue
             if not stop_and_join(worker.ref, self.config.shutdown_timeout):
                 emit(
@@ -303,7 +318,36 @@ class BulkheadActor(Stage):
                     worker=worker.ref.name,
                     reason="it did not stop within shutdown_timeout",
                 )
+        if join:
+            self._join_ending()
         self.release_scheduler()
+
+    def _join_ending(self) -> None:
+        ending, self._ending = self._ending, []
+        for worker in ending:
+            thread = worker.actor._thread
+            if thread is None or thread is threading.current_thread():
+                continue
+            thread.join(self.config.shutdown_timeout)
+            if thread.is_alive():
+                emit(
+                    "garrison.bulkhead.worker_abandoned",
+                    level="warning",
+                    bulkhead=self.name,
+                    worker=worker.ref.name,
+                    reason="a crashed bulkhead's worker did not stop within shutdown_timeout",
+                )
+
+    def snapshot(self) -> dict[str, Any]:
+        """The workers still ending after a crash (the next incarnation waits for them)."""
+        alive = [
+            w for w in self._ending if w.actor._thread is not None and w.actor._thread.is_alive()
+        ]
+        return {"ending": alive}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take over a crashed predecessor's ending workers, to wait for them when stopping."""
+        self._ending.extend(state.get("ending", ()))
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -311,16 +355,21 @@ class BulkheadActor(Stage):
         """Start ``message`` from the calling thread if it can start now; else return False.
 
         False means: send it to the actor (which queues or refuses it). Safe from any thread.
+        An operation never starts ahead of one turned away before it and still on its way to
+        the actor (per-sender order).
         """
-        if self._queued or self._in_flight >= self.config.concurrency:
-            return False  # a racy first look, to leave the lock alone when it is busy
+        if self._queued or self._detoured or self._in_flight >= self.config.concurrency:
+            self._detoured.add(reply)  # a racy first look, to leave the lock alone when busy
+            return False
         with self._lock:
             if (
                 self._closed
                 or self._queued
+                or self._detoured
                 or self._stuck > self.config.abandon_cap
                 or not self._can_start(message)
             ):
+                self._detoured.add(reply)
                 return False
             self._start(message, reply)
         self._launch()
@@ -329,6 +378,7 @@ class BulkheadActor(Stage):
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Run ``message`` now, queue it, or refuse it with BulkheadFull."""
         with self._lock:
+            self._detoured.discard(reply)
             if self._stuck > self.config.abandon_cap and self.downstream is None:
                 why = "too many workers are stuck in abandoned calls"
             elif self._can_start(message):
@@ -409,7 +459,27 @@ class BulkheadActor(Stage):
     # -- completion, timeouts, abandonment ----------------------------------------------------
 
     def _completed(self, reply: Future[Any], inner: Future[Any]) -> None:
-        """An operation finished (in the thread that finished it): book it, then answer."""
+        """An operation finished (in the thread that finished it): book it, then answer.
+
+        An operation that finishes as it starts (a coroutine function that cannot be called,
+        say) does so while this thread books another: it is booked after that one, not inside
+        it, so a queue of such operations never nests bookings (nor overflows the stack).
+        """
+        booking = self._booking
+        later: deque[tuple[Future[Any], Future[Any]]] | None = getattr(booking, "later", None)
+        if later is not None:
+            later.append((reply, inner))
+            return
+        booking.later = later = deque([(reply, inner)])
+        try:
+            while later:
+                self._book(*later.popleft())
+        finally:
+            booking.later = None
+            for left_reply, left_inner in later:  # a bookkeeping error escaped: still answer
+                copy_outcome(left_inner, left_reply)
+
+    def _book(self, reply: Future[Any], inner: Future[Any]) -> None:
         try:
             self._complete(reply)
             self._launch()
