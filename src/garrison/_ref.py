@@ -129,13 +129,15 @@ class Ref:
         state = "alive" if self.is_alive() else "not running"
         return f"<garrison.Ref {self._name!r} ({self.actor_class.__name__}, {state})>"
 
+    # Equal Refs reach the same inbox. A supervised actor keeps its mailbox across restarts
+    # (the Ref is re-pointed to each incarnation), so a Ref's hash never changes.
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Ref):
-            return self._actor_ref == other._actor_ref
+            return self._inbox is other._inbox
         return NotImplemented
 
     def __hash__(self) -> int:
-        return hash(self._actor_ref.actor_urn)
+        return id(self._inbox)
 
 
 def _name_of(actor_ref: pykka.ActorRef[Any]) -> str:

@@ -175,9 +175,10 @@ def test_one_stage_whose_restore_fails_does_not_cost_the_others_their_state(
         restore(self, state)
 
     monkeypatch.setattr(CircuitBreakerActor, "restore", restore_fails_once)
-    host = _crash_host(api, "retry")  # restarted twice: its first restore failed
+    _crash_host(api, "retry")  # restarted twice: its first restore failed
     assert failures == [1]
-    assert _host(api) is host
+    # (the second restart may still be under way: calls made meanwhile wait in the kept
+    # mailbox, so the checks below do not depend on when it ends)
     # The limiter's window was restored (the breaker's failure did not skip it): one call of
     # three was used in this second, so two more pass and the third is refused.
     assert api.call(lambda: 2) == 2
@@ -235,11 +236,6 @@ def test_a_hosted_ref_is_not_equal_to_its_host_nor_to_another_stage(rt: Runtime)
     assert retry == HostedRef(host, 0, "retry")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Ref.__hash__ (src/garrison/_ref.py) hashes the current incarnation's actor_urn, "
-    "so a supervised Ref changes its hash when its supervisor re-points it on a restart",
-)
 def test_a_stage_ref_of_an_actor_per_stage_pipeline_keeps_its_hash_across_restarts(
     rt: Runtime,
 ) -> None:
