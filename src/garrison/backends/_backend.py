@@ -30,7 +30,9 @@ class RedisBackend:
         self.namespace = config.namespace or runtime
         self.link = RedisLink(config, runtime=runtime, clock=clock)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._fleet = Fleet(self.link, config, namespace=self.namespace, process=self.process)
+        self._fleet = Fleet(
+            self.link, config, namespace=self.namespace, process=self.process, clock=clock
+        )
         self._started = False
 
     @property
