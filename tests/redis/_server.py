@@ -24,12 +24,26 @@ def redis_binary() -> str | None:
 
 
 class RedisServer:
-    """``redis-server --port <port> --bind 127.0.0.1 --save '' --appendonly no``."""
+    """``redis-server --port <port> --bind 127.0.0.1 --save '' --appendonly no``.
 
-    def __init__(self, binary: str, port: int | None = None, workdir: Path | None = None) -> None:
+    With ``cluster`` (and a ``workdir`` for its nodes file) it is a one-node Redis Cluster
+    serving every slot: scripts whose keys are not all on one slot fail with CROSSSLOT.
+    """
+
+    def __init__(
+        self,
+        binary: str,
+        port: int | None = None,
+        workdir: Path | None = None,
+        *,
+        cluster: bool = False,
+    ) -> None:
+        if cluster and workdir is None:
+            raise ValueError("a cluster node needs a workdir for its nodes file")
         self.binary = binary
         self.port = port if port is not None else free_port()
         self.workdir = workdir
+        self.cluster = cluster
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,6 +63,11 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 *(["--dir", str(self.workdir)] if self.workdir is not None else []),
+                *(
+                    ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+                    if self.cluster
+                    else []
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -61,14 +80,25 @@ class RedisServer:
                 self.kill()
                 raise RuntimeError(f"redis-server did not answer on port {self.port}")
             time.sleep(0.01)
+        if self.cluster:
+            self.ask("CLUSTER ADDSLOTSRANGE 0 16383")
+            while b"cluster_state:ok" not in self.ask("CLUSTER INFO"):
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError("the one-node cluster did not become ready")
+                time.sleep(0.05)
         return self
+
+    def ask(self, command: str) -> bytes:
+        """Send one inline command; its raw reply (the first 64 KiB)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2.0) as conn:
+            conn.sendall(command.encode() + b"\r\n")
+            return conn.recv(65536)
 
     def ready(self) -> bool:
         """True when the server answers a PING."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                return conn.recv(16).startswith(b"+PONG")
+            return self.ask("PING").startswith(b"+PONG")
         except OSError:
             return False
 

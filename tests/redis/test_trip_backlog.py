@@ -122,11 +122,11 @@ def test_only_trips_within_their_window_are_recorded_dated_when_they_happened(
         assert inbox.trips("new")[0].age == pytest.approx(15, abs=1.0)
         flushed(listener)
         assert inbox.trips("old") == []
-        key = f"garrison:{namespace}:new:{{breaker}}:trips"
+        key = tripper.fleet.key("new", "trips")
         [(_, score)] = client.zrange(key, 0, -1, withscores=True)
         now_ms = client.time()[0] * 1000
         assert score == pytest.approx(now_ms - 15_000, abs=2_000)
-        assert client.exists(f"garrison:{namespace}:old:{{breaker}}:trips") == 0
+        assert client.exists(tripper.fleet.key("old", "trips")) == 0
     finally:
         client.close()
         tripper.close()

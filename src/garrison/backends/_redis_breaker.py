@@ -3,18 +3,33 @@
 Each process keeps its own breaker actors; nothing here is on their call path. The
 :class:`Fleet` of a backend runs two threads:
 
-- an **io thread** that does every Redis write: a trip (``ZADD`` to
-  ``garrison:<ns>:<service>:{breaker}:trips`` with the server's time, trimmed to the trip
-  window, ``PX`` expiry, then ``PUBLISH`` on ``garrison:<ns>:breakers``), the fleet-wide
-  probe lock (``SET ...:probe <process> NX PX <probe timeout>``: one process probes for
-  all), a recovery (the trips are deleted, the lock released, ``closed`` published), the
-  heartbeat of this process (a sorted set of live processes: its size is the ``N`` of the
-  rate limiters' local share) and the probes of a down Redis link;
+- an **io thread** that does every Redis write: a trip (``ZADD`` to the service's ``trips``
+  with the server's time, trimmed to the trip window, ``PX`` expiry, then ``PUBLISH`` on
+  the ``breakers`` channel), the fleet-wide probe lock (``SET probe <process> NX PX <probe
+  timeout>``: one process probes for all), a recovery (the trips are deleted, the lock
+  released, ``closed`` published), the heartbeat of this process (the ``processes`` sorted
+  set: its size is the ``N`` of the rate limiters' local share) and the probes of a down
+  Redis link. A trip that cannot be recorded (Redis unreachable) waits in a bounded
+  backlog, the latest per service, and is recorded and published with its age once Redis
+  answers, unless its window is over by then (or the service recovered meanwhile);
 - a **subscriber thread** that listens on the channel and tells the registered breaker
   actors: a trip by another process opens them once ``fleet_trip_quorum`` distinct
   processes tripped within the window, a recovery closes them. Pub/sub loses messages
   while a connection is down, so the trips are read again when a breaker registers, after
   the subscriber (re)connects and when the link comes back.
+
+Keys and Redis Cluster: every key and the channel of a namespace share one hash tag, the
+namespace itself, so they live on one slot and any script may touch several of them
+(``release`` touches ``probe`` and ``trips`` of a service)::
+
+    garrison:{<ns>}:processes             heartbeat (sorted set: process -> last beat)
+    garrison:{<ns>}:breakers              pub/sub channel (trips and recoveries)
+    garrison:{<ns>}:<service>:trips       recent trips (sorted set: process|ms -> ms)
+    garrison:{<ns>}:<service>:probe       fleet-wide probe lock (process, PX)
+
+``<ns>`` is written without braces (see :func:`~garrison.backends._redis_rate.encode_key`),
+so the tag is always the whole namespace. Rate-limit windows are tagged per client key
+instead (``garrison:<ns>:<service>:{<key>}:<alg>``): they spread over the cluster.
 
 Both threads stop in :meth:`Fleet.close` (the runtime's ``stop``).
 """
@@ -34,6 +49,7 @@ from garrison._ref import Ref
 from garrison.backends._config import BackendConfig
 from garrison.backends._connection import BackendDown, RedisLink, Script
 from garrison.backends._protocol import FleetProbe, FleetRecovered, FleetTrip
+from garrison.backends._redis_rate import encode_key
 from garrison.observability.events import emit
 from garrison.policies.breaker import CircuitBreakerConfig
 
@@ -135,7 +151,7 @@ class Fleet:
         self._link = link
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._config = config
-        self._prefix = f"garrison:{namespace}"
+        self._prefix = f"garrison:{{{encode_key(namespace)}}}"  # one slot per namespace
         self._channel = f"{self._prefix}:breakers"
         self.process = process
         self._lock = threading.Lock()
@@ -209,7 +225,7 @@ class Fleet:
         """This process's probes closed ``service``'s breaker: clear the trips, release the
         probe lock, publish the recovery (an unrecorded trip of ``service`` is obsolete)."""
         payload = json.dumps({"kind": "closed", "service": service, "process": self.process})
-        keys = [self._key(service, "probe"), self._key(service, "trips")]
+        keys = [self.key(service, "probe"), self.key(service, "trips")]
 
         def job() -> None:
             self._backlog.pop(service, None)
@@ -227,7 +243,7 @@ class Fleet:
         def job() -> None:
             try:
                 granted, left = self._link.evalsha(
-                    _PROBE, [self._key(service, "probe")], [self.process, _ms(ttl)]
+                    _PROBE, [self.key(service, "probe")], [self.process, _ms(ttl)]
                 )
             except BackendDown:
                 granted, left = 1, 0
@@ -237,7 +253,7 @@ class Fleet:
 
     def release_probe(self, service: str) -> None:
         """Release ``service``'s probe lock if this process holds it."""
-        keys = [self._key(service, "probe"), self._key(service, "trips")]
+        keys = [self.key(service, "probe"), self.key(service, "trips")]
         self._jobs.put(lambda: self._link.evalsha(_RELEASE, keys, [self.process, "", ""]))
 
     # -- trips: recorded, or kept until Redis answers ------------------------------------------
@@ -249,7 +265,7 @@ class Fleet:
             event["age"] = round(age, 6)
         self._link.evalsha(
             _TRIP,
-            [self._key(service, "trips")],
+            [self.key(service, "trips")],
             [self.process, _ms(trip.window), self._channel, json.dumps(event), round(age * 1000)],
         )
         self.trips_published += 1
@@ -276,9 +292,6 @@ class Fleet:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _key(self, service: str, what: str) -> str:
-        return f"{self._prefix}:{service}:{{breaker}}:{what}"
-
     def _window(self, config: CircuitBreakerConfig) -> float:
         window = self._config.trip_window
         return window if window is not None else config.recovery_timeout
@@ -291,7 +304,7 @@ class Fleet:
         """Read ``service``'s recent trips; tell its breakers if they reach the quorum."""
         for ref, config in self._registered(service):
             found = self._link.evalsha(
-                _TRIPS, [self._key(service, "trips")], [_ms(self._window(config))]
+                _TRIPS, [self.key(service, "trips")], [_ms(self._window(config))]
             )
             now = int(found[0])
             processes: set[str] = set()
@@ -308,10 +321,24 @@ class Fleet:
         for service in services:
             self._resync(service)
 
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of trips and recoveries."""
+        return self._channel
+
+    def key(self, service: str, what: str) -> str:
+        """The Redis key of ``service``'s ``what`` (``trips`` or ``probe``)."""
+        return f"{self._prefix}:{service}:{what}"
+
+    @property
+    def heartbeat_key(self) -> str:
+        """The sorted set of live processes."""
+        return f"{self._prefix}:processes"
+
     def _heartbeat(self) -> None:
         span = _ms(self._config.heartbeat_interval * _BEATS_KEPT)
         self.processes_seen = int(
-            self._link.evalsha(_HEARTBEAT, [f"{self._prefix}:processes"], [self.process, span])
+            self._link.evalsha(_HEARTBEAT, [self.heartbeat_key], [self.process, span])
         )
 
     # -- the io thread --------------------------------------------------------------------------
