@@ -85,7 +85,8 @@ def test_a_namespaces_breaker_keys_and_channel_share_one_slot(
         )
         assert declared == 3
         assert a.backend.link.health.errors_total == 0
-        assert b.backend is not None and b.backend.link.health.errors_total == 0
+        assert b.backend is not None
+        assert b.backend.link.health.errors_total == 0
     finally:
         for rt in runtimes:
             rt.stop()
@@ -96,7 +97,8 @@ def test_rate_limit_windows_spread_over_slots(cluster_node: RedisServer, client:
         api = rt.pipeline("api", rate_limit=RateLimitConfig(per_second=100, per_minute=1000))
         for user in range(20):
             api.options(key=f"user-{user}").call(lambda: None)
-        assert rt.backend is not None and rt.backend.link.health.errors_total == 0
+        assert rt.backend is not None
+        assert rt.backend.link.health.errors_total == 0
     stored = client.keys("garrison:spread:api:*")
     assert len(stored) == 20
     assert len({slot(k) for k in stored}) > 10
