@@ -23,6 +23,19 @@ def redis_binary() -> str | None:
     return shutil.which("redis-server")
 
 
+def require_binary() -> str:
+    """The redis-server binary; in a test, skip without it (locally) or fail (in CI)."""
+    import pytest  # noqa: PLC0415 (the benchmarks use this module without pytest)
+
+    binary = redis_binary()
+    if binary is None:
+        reason = "redis-server is not installed (Debian package redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}: CI must install it", pytrace=False)
+        pytest.skip(reason)
+    return binary
+
+
 class RedisServer:
     """``redis-server --port <port> --bind 127.0.0.1 --save '' --appendonly no``.
 

@@ -11,10 +11,9 @@ from typing import Any
 
 import pytest
 from _fleet import drained, wait_until
-from _server import RedisServer
+from _server import RedisServer, require_binary
 
 import redis
-from conftest import require_binary
 from garrison import CircuitBreakerConfig, RateLimitConfig, Runtime
 from garrison.backends import BackendConfig
 from garrison.testing import ManualClock

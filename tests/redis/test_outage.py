@@ -8,11 +8,10 @@ from typing import Any
 
 import pytest
 from _fleet import wait_until
-from _server import RedisServer, free_port
+from _server import RedisServer, free_port, require_binary
 from structlog.testing import capture_logs
 
 import redis
-from conftest import require_binary
 from garrison import BackendUnavailable, RateLimitConfig, RateLimited, Runtime
 from garrison.backends import BackendConfig
 from garrison.observability.metrics import RuntimeCollector

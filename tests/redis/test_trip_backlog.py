@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 from _fleet import drained, wait_until
-from _server import RedisServer, free_port
+from _server import RedisServer, free_port, require_binary
 
 import redis
-from conftest import require_binary
 from garrison import CircuitBreakerConfig, Runtime
 from garrison.backends import BackendConfig
 from garrison.backends._backend import RedisBackend
