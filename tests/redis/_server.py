@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -57,6 +58,7 @@ class RedisServer:
         self.port = port if port is not None else free_port()
         self.workdir = workdir
         self.cluster = cluster
+        self.log: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -64,6 +66,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        log: Any = subprocess.DEVNULL
+        if self.workdir is not None:  # what it says goes to a file (a pipe could fill up)
+            self.log = self.workdir / f"redis-{self.port}.log"
+            log = self.log.open("ab")
         self.process = subprocess.Popen(
             [
                 self.binary,
@@ -77,18 +83,28 @@ class RedisServer:
                 "no",
                 *(["--dir", str(self.workdir)] if self.workdir is not None else []),
                 *(
-                    ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        f"nodes-{self.port}.conf",
+                        "--cluster-port",  # the bus: not port + 10000, which may not exist
+                        str(free_port()),
+                    ]
                     if self.cluster
                     else []
                 ),
             ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+        if log is not subprocess.DEVNULL:
+            log.close()  # the server has its own copy
         deadline = time.monotonic() + timeout
         while not self.ready():
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                said = self.log.read_text()[-800:] if self.log is not None else ""
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {said}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise RuntimeError(f"redis-server did not answer on port {self.port}")
