@@ -126,6 +126,12 @@ class Mailbox:
         self.refuse(envelope, reason)
         return False
 
+    def offer_behind(self, envelope: Envelope[Any]) -> bool:
+        """:meth:`offer`, stated for a message an actor sends itself to be handled after
+        everything already queued (a fused stage's port routes it behind its host's backlog).
+        """
+        return self.offer(envelope)
+
     def try_put(self, envelope: Envelope[Any]) -> bool:
         """Queue ``envelope`` if the mailbox takes it; otherwise return False and do nothing."""
         with self._lock:

@@ -43,12 +43,14 @@ from garrison.actors.breaker import (
     TakeSnapshot,
     TransitionListener,
 )
+from garrison.backends import backend_config
 from garrison.errors import ActorUnavailable, AskTimeout
 from garrison.observability.events import emit
 from garrison.policies.breaker import CircuitBreakerConfig, Permit
 
 if TYPE_CHECKING:
     from garrison._runtime import Runtime
+    from garrison.backends._backend import RedisBackend
 
 __all__ = ["CircuitBreakerHandle", "CircuitBreakerManager"]
 
@@ -239,12 +241,18 @@ class CircuitBreakerHandle:
 class CircuitBreakerManager:
     """Circuit breakers by service name (the seed's ``CircuitBreakerManager``).
 
-    With no ``runtime`` the manager owns one (with ``clock``, started on first use) until
-    :meth:`stop` or the end of a ``with`` block. With a ``runtime`` it spawns its breakers
-    there, as ``breaker:<name>`` children of the root supervisor that are restarted when
-    they crash (keeping their state); stopping the manager then stops only its breakers.
-    ``listeners`` (``listener(service, from_state, to_state, reason)``) are given to every
-    breaker; ``timeout`` bounds each exchange between a handle and its actor.
+    With no ``runtime`` the manager owns one (with ``clock`` and ``backend``, started on
+    first use) until :meth:`stop` or the end of a ``with`` block. With a ``runtime`` it
+    spawns its breakers there, as ``breaker:<name>`` children of the root supervisor that
+    are restarted when they crash (keeping their state); stopping the manager then stops
+    only its breakers. ``listeners`` (``listener(service, from_state, to_state, reason)``)
+    are given to every breaker; ``timeout`` bounds each exchange between a handle and its
+    actor.
+
+    Breakers share their trips with the other processes of the fleet when the runtime has a
+    shared backend (``Runtime(backend="redis://...")``, or ``backend`` here for a manager
+    that owns its runtime), as pipeline breakers do; ``get_or_create(..., backend="memory")``
+    keeps one breaker in the process.
     """
 
     def __init__(
@@ -254,20 +262,31 @@ class CircuitBreakerManager:
         clock: Clock | None = None,
         listeners: Sequence[TransitionListener] = (),
         timeout: float = 10.0,
+        backend: object = None,
     ) -> None:
         if runtime is not None and clock is not None and clock is not runtime.clock:
             raise ValueError("pass either a runtime or a clock: a runtime brings its own clock")
+        if runtime is not None and backend is not None:
+            raise ValueError(
+                "pass either a runtime or a backend: a runtime brings its own backend "
+                "(or give get_or_create a backend)"
+            )
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         self._owned = runtime is None
         if runtime is None:
             from garrison._runtime import Runtime  # noqa: PLC0415 (Runtime may import us)
 
-            runtime = Runtime(name="garrison-breakers", clock=clock)
+            runtime = Runtime(
+                name="garrison-breakers",
+                clock=clock,
+                backend=backend,  # type: ignore[arg-type]  # checked by Runtime
+            )
         self._runtime = runtime
         self._listeners = tuple(listeners)
         self._timeout = float(timeout)
         self._handles: dict[str, CircuitBreakerHandle] = {}
+        self._backends: dict[str, RedisBackend | None] = {}  # where each breaker shares trips
         self._borrowed: set[str] = set()
         self._lock = threading.Lock()
         self._stopped = False
@@ -278,12 +297,17 @@ class CircuitBreakerManager:
         return self._runtime
 
     def get_or_create(
-        self, name: str, config: CircuitBreakerConfig | None = None
+        self, name: str, config: CircuitBreakerConfig | None = None, *, backend: object = None
     ) -> CircuitBreakerHandle:
         """The handle of ``name``'s breaker, created with ``config`` (default settings) if new.
 
         The same name always gives the same handle. Asking again with a different config
         raises ValueError (``None`` accepts whatever config the breaker has).
+
+        ``backend`` is where a new breaker shares its trips: None, the runtime's backend
+        (if it has one); ``"memory"``, nowhere (this process only); or a ``redis://`` URL, a
+        mapping or a :class:`~garrison.backends.BackendConfig`, as ``Runtime.pipeline``
+        takes. Asking again with a different backend raises ValueError.
         """
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"breaker name must be a non-empty string without '/', got {name!r}")
@@ -297,6 +321,8 @@ class CircuitBreakerManager:
                         f"circuit breaker {name!r} already exists with a different config: "
                         f"{handle.config!r}; asked for {config!r}"
                     )
+                if backend is not None and name in self._backends:
+                    self._check_backend(name, backend)
                 return handle
             if self._stopped:
                 raise RuntimeError("this CircuitBreakerManager has stopped")
@@ -304,6 +330,7 @@ class CircuitBreakerManager:
             runtime = self._runtime
             if self._owned and runtime.state == "new":
                 runtime.start()
+            shared = runtime.backend_for(backend)
             ref = runtime.spawn(
                 CircuitBreakerActor,
                 config,
@@ -311,10 +338,29 @@ class CircuitBreakerManager:
                 restart="permanent",
                 service=name,
                 listeners=self._listeners,
+                backend=shared,
             )
             handle = CircuitBreakerHandle(name, ref, config, runtime.clock, self._timeout)
             self._handles[name] = handle
+            self._backends[name] = shared
             return handle
+
+    def _check_backend(self, name: str, backend: object) -> None:
+        shared = self._backends[name]
+        if backend == "memory":
+            same = shared is None
+        else:
+            config = backend_config(backend)
+            assert config is not None
+            same = shared is not None and (config.url, config.namespace) == (
+                shared.config.url,
+                shared.config.namespace,
+            )
+        if not same:
+            where = "in this process only" if shared is None else f"with {shared!r}"
+            raise ValueError(
+                f"circuit breaker {name!r} already exists {where}; asked for backend {backend!r}"
+            )
 
     def register(self, name: str, ref: Ref, config: CircuitBreakerConfig) -> CircuitBreakerHandle:
         """Give a handle to a breaker actor someone else started (a pipeline's breaker stage).
@@ -398,6 +444,7 @@ class CircuitBreakerManager:
             self._stopped = True
             handles = list(self._handles.values())
             self._handles.clear()
+            self._backends.clear()
         runtime = self._runtime
         if self._owned:
             runtime.stop()

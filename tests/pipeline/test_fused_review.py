@@ -418,24 +418,7 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         server.stop()
 
 
-@pytest.mark.parametrize(
-    "fused",
-    [
-        pytest.param(False, id="actor_per_stage"),
-        pytest.param(
-            True,
-            id="fused",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="RateLimiterActor._batched (actors/limiter.py) tells itself _Flush to "
-                "decide the batch after the Executes queued behind it; hosted, that tell goes "
-                "to the host's run queue and is handled at once, so every batch holds one "
-                "request (one Redis round trip each); StagePort.qsize also counts other "
-                "stages' messages. Needs a 'send to the back of the host mailbox' port call.",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("fused", [False, True], ids=["actor_per_stage", "fused"])
 def test_a_shared_rate_limiter_decides_a_deep_backlog_in_few_redis_batches(
     redis_url: str, fused: bool
 ) -> None:

@@ -6,7 +6,6 @@ a failure: the Debian package ``redis-server`` must be installed there.
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -16,20 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _server import RedisServer, redis_binary
+from _server import RedisServer, require_binary
 
 pytest.importorskip("redis", reason="the Redis tests need the redis extra (redis-py)")
-
-
-def require_binary() -> str:
-    """The redis-server binary; skip (locally) or fail (CI) without it."""
-    binary = redis_binary()
-    if binary is None:
-        reason = "redis-server is not installed (Debian package redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}: CI must install it", pytrace=False)
-        pytest.skip(reason)
-    return binary
 
 
 @pytest.fixture(scope="session")

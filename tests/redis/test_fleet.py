@@ -53,6 +53,7 @@ def test_four_processes_share_one_limit_exactly(redis_server: Any, namespace: st
     }
     workers = [spawn("share", args) for _ in range(4)]
     results = [result(w) for w in workers]
+    assert all(r["local_decisions"] == 0 for r in results), results  # Redis never failed
     client = redis.Redis.from_url(redis_server.url)
     try:
         raw = client.lrange(f"garrison:{namespace}:api:{{{encode_key(None)}}}:log", 0, -1)

@@ -6,35 +6,17 @@ the fleet threads work in real time, which the test waits for with bounded waits
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _fleet import drained, wait_until
 
 from garrison import CircuitBreakerConfig, CircuitOpen, Runtime
 from garrison.backends import BackendConfig
 from garrison.testing import ManualClock
 
 BREAKER = CircuitBreakerConfig(failure_threshold=1, recovery_timeout=30)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-def drained(rt: Runtime) -> None:
-    """Wait until the backend's io thread has done everything queued so far."""
-    assert rt.backend is not None
-    done = threading.Event()
-    rt.backend.fleet._jobs.put(done.set)
-    assert done.wait(5)
 
 
 class Member:

@@ -7,23 +7,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _server import RedisServer, free_port
+from _fleet import wait_until
+from _server import RedisServer, free_port, require_binary
 from structlog.testing import capture_logs
 
 import redis
-from conftest import require_binary
 from garrison import BackendUnavailable, RateLimitConfig, RateLimited, Runtime
 from garrison.backends import BackendConfig
 from garrison.observability.metrics import RuntimeCollector
-
-
-def wait_until(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ def test_throttling_lowers_the_limits(make: Any, algorithm: str):
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_keys_of_any_type_stay_apart(make: Any, algorithm: str):
     limiter = make(RateLimitConfig(limits={"1s": 1}, algorithm=algorithm))
-    for key in (None, "7", 7, "{7}", "}", ("a", 1), ""):
+    for key in (None, "7", 7, "{7}", "}", ("a", 1), "", "~", "~int:7", "%7E"):
         assert limiter.acquire(key, T0).allowed, key
         assert not limiter.acquire(key, T0).allowed, key
 

@@ -104,6 +104,18 @@ class StagePort(Mailbox):
             return True
         return host.mailbox.offer(Envelope(ToStage(self, envelope.message), envelope.reply_to))
 
+    def offer_behind(self, envelope: Envelope[Any]) -> bool:
+        """Hand ``envelope`` to the stage behind everything queued for the host.
+
+        A message a stage sends itself from the host's thread is otherwise handled as soon
+        as the current one is done, ahead of the host's mailbox.
+        """
+        if self.stopped:
+            self.refuse(envelope, "the actor has stopped")
+            return False
+        wrapped = Envelope(ToStage(self, envelope.message), envelope.reply_to)
+        return self.host.mailbox.offer(wrapped)
+
     def try_put(self, envelope: Envelope[Any]) -> bool:
         """Hand ``envelope`` to the stage if its host takes it; False (and nothing done) if not."""
         if self.stopped:

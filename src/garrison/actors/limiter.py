@@ -29,7 +29,8 @@ With a ``backend`` (a Redis backend, see :mod:`garrison.backends`) the windows l
 under the limiter's ``name``, shared by every process that uses the same backend and name;
 the queue, the throttling and the timers stay in this actor. When its mailbox is deep the
 actor takes the Executes queued behind the first one and decides them in one Redis round
-trip (a pipeline), in order; a ``_Flush`` it sends itself marks the end of the batch.
+trip (a pipeline), in order; a ``_Flush`` it sends itself marks the end of the batch (fused
+in a pipeline, it goes behind what the pipeline's host has queued).
 
 Requests waiting in the queue when the actor stops or crashes fail with
 :class:`~garrison.errors.ActorUnavailable`; the windows survive a supervised restart
@@ -45,6 +46,8 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
+
+from pykka._envelope import Envelope
 
 from garrison._clock import Clock
 from garrison._future import Future
@@ -221,12 +224,22 @@ class RateLimiterActor(Stage):
                 return False
             self._batch = [(message, reply)]
             self._batch_token += 1
-            self.self_ref.tell(_Flush(self._batch_token))
+            self._tell_behind_backlog(_Flush(self._batch_token))
             return True
         batch.append((message, reply))
         if len(batch) >= _BATCH_MAX:
             self._flush()
         return True
+
+    def _tell_behind_backlog(self, message: Any) -> None:
+        """Send ``message`` to this actor behind everything already queued for it.
+
+        Fused in a pipeline's :class:`~garrison.actors._host.StageHost`, a message a stage
+        sends itself is handled as soon as the current one is done, before the host reads
+        its mailbox: a ``_Flush`` sent that way would end every batch at one request. It
+        goes through the host's mailbox instead, behind the Executes waiting there.
+        """
+        self.mailbox.offer_behind(Envelope(message))
 
     def _flush(self) -> None:
         """Decide the batch: one Redis round trip for the requests that go to the policy."""

@@ -11,7 +11,7 @@ from garrison._clock import Clock
 from garrison.backends._config import BackendConfig
 from garrison.backends._connection import RedisLink
 from garrison.backends._redis_breaker import Fleet
-from garrison.backends._redis_rate import SharedRatePolicy
+from garrison.backends._redis_rate import SharedRatePolicy, encode_key
 from garrison.policies.rate import RateLimitConfig
 
 __all__ = ["RedisBackend"]
@@ -21,8 +21,9 @@ class RedisBackend:
     """Rate-limit windows and breaker trips of one runtime, shared through Redis.
 
     ``start()`` starts the fleet's threads (io and subscriber); ``close()`` stops them and
-    closes the connections. Keys live under ``garrison:<namespace>:`` where the namespace is
-    the config's or ``runtime``'s name.
+    closes the connections. Keys live under ``garrison:<namespace>:`` (rate limits) and
+    ``garrison:{<namespace>}:`` (breakers), where the namespace is the config's or
+    ``runtime``'s name (see :mod:`garrison.backends._redis_breaker` for the hash tags).
     """
 
     def __init__(self, config: BackendConfig, *, runtime: str, clock: Clock | None = None) -> None:
@@ -30,7 +31,9 @@ class RedisBackend:
         self.namespace = config.namespace or runtime
         self.link = RedisLink(config, runtime=runtime, clock=clock)
         self.process = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self._fleet = Fleet(self.link, config, namespace=self.namespace, process=self.process)
+        self._fleet = Fleet(
+            self.link, config, namespace=self.namespace, process=self.process, clock=clock
+        )
         self._started = False
 
     @property
@@ -58,9 +61,8 @@ class RedisBackend:
 
     def rate_policy(self, config: RateLimitConfig, service: str) -> SharedRatePolicy:
         """A policy for the windows of ``service`` (a limiter's name) under this backend."""
-        return SharedRatePolicy(
-            self.link, config, f"garrison:{self.namespace}:{service}", processes=self.processes
-        )
+        prefix = f"garrison:{encode_key(self.namespace)}:{encode_key(service)}"  # no braces
+        return SharedRatePolicy(self.link, config, prefix, processes=self.processes)
 
     def status(self) -> dict[str, Any]:
         """The link's state and counters, and the fleet's."""

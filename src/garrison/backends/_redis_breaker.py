@@ -3,18 +3,33 @@
 Each process keeps its own breaker actors; nothing here is on their call path. The
 :class:`Fleet` of a backend runs two threads:
 
-- an **io thread** that does every Redis write: a trip (``ZADD`` to
-  ``garrison:<ns>:<service>:{breaker}:trips`` with the server's time, trimmed to the trip
-  window, ``PX`` expiry, then ``PUBLISH`` on ``garrison:<ns>:breakers``), the fleet-wide
-  probe lock (``SET ...:probe <process> NX PX <probe timeout>``: one process probes for
-  all), a recovery (the trips are deleted, the lock released, ``closed`` published), the
-  heartbeat of this process (a sorted set of live processes: its size is the ``N`` of the
-  rate limiters' local share) and the probes of a down Redis link;
+- an **io thread** that does every Redis write: a trip (``ZADD`` to the service's ``trips``
+  with the server's time, trimmed to the trip window, ``PX`` expiry, then ``PUBLISH`` on
+  the ``breakers`` channel), the fleet-wide probe lock (``SET probe <process> NX PX <probe
+  timeout>``: one process probes for all), a recovery (the trips are deleted, the lock
+  released, ``closed`` published), the heartbeat of this process (the ``processes`` sorted
+  set: its size is the ``N`` of the rate limiters' local share) and the probes of a down
+  Redis link. A trip that cannot be recorded (Redis unreachable) waits in a bounded
+  backlog, the latest per service, and is recorded and published with its age once Redis
+  answers, unless its window is over by then (or the service recovered meanwhile);
 - a **subscriber thread** that listens on the channel and tells the registered breaker
   actors: a trip by another process opens them once ``fleet_trip_quorum`` distinct
   processes tripped within the window, a recovery closes them. Pub/sub loses messages
   while a connection is down, so the trips are read again when a breaker registers, after
   the subscriber (re)connects and when the link comes back.
+
+Keys and Redis Cluster: every key and the channel of a namespace share one hash tag, the
+namespace itself, so they live on one slot and any script may touch several of them
+(``release`` touches ``probe`` and ``trips`` of a service)::
+
+    garrison:{<ns>}:processes             heartbeat (sorted set: process -> last beat)
+    garrison:{<ns>}:breakers              pub/sub channel (trips and recoveries)
+    garrison:{<ns>}:<service>:trips       recent trips (sorted set: process|ms -> ms)
+    garrison:{<ns>}:<service>:probe       fleet-wide probe lock (process, PX)
+
+``<ns>`` is written without braces (see :func:`~garrison.backends._redis_rate.encode_key`),
+so the tag is always the whole namespace. Rate-limit windows are tagged per client key
+instead (``garrison:<ns>:<service>:{<key>}:<alg>``): they spread over the cluster.
 
 Both threads stop in :meth:`Fleet.close` (the runtime's ``stop``).
 """
@@ -26,12 +41,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
+from garrison._clock import Clock, SystemClock
 from garrison._ref import Ref
 from garrison.backends._config import BackendConfig
 from garrison.backends._connection import BackendDown, RedisLink, Script
 from garrison.backends._protocol import FleetProbe, FleetRecovered, FleetTrip
+from garrison.backends._redis_rate import encode_key
 from garrison.observability.events import emit
 from garrison.policies.breaker import CircuitBreakerConfig
 
@@ -43,7 +61,8 @@ _TRIP: Final = Script(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now, ARGV[1] .. '|' .. string.format('%.0f', now))
+local at = now - tonumber(ARGV[5])
+redis.call('ZADD', KEYS[1], at, ARGV[1] .. '|' .. string.format('%.0f', at))
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('PEXPIRE', KEYS[1], window)
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -101,6 +120,16 @@ return redis.call('ZCARD', KEYS[1])
 
 _LISTEN_SECONDS: Final = 0.1
 _BEATS_KEPT: Final = 3
+_BACKLOG: Final = 256
+"""The most unrecorded trips kept while Redis is unreachable (one per service, the latest)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Unrecorded:
+    """A trip that could not be recorded yet: when (on the fleet's clock), and its window."""
+
+    at: float
+    window: float
 
 
 def _ms(seconds: float) -> int:
@@ -111,11 +140,18 @@ class Fleet:
     """The breaker side of a Redis backend (see the module docstring)."""
 
     def __init__(
-        self, link: RedisLink, config: BackendConfig, *, namespace: str, process: str
+        self,
+        link: RedisLink,
+        config: BackendConfig,
+        *,
+        namespace: str,
+        process: str,
+        clock: Clock | None = None,
     ) -> None:
         self._link = link
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._config = config
-        self._prefix = f"garrison:{namespace}"
+        self._prefix = f"garrison:{{{encode_key(namespace)}}}"  # one slot per namespace
         self._channel = f"{self._prefix}:breakers"
         self.process = process
         self._lock = threading.Lock()
@@ -123,8 +159,10 @@ class Fleet:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self.processes_seen = 0
+        self._backlog: dict[str, _Unrecorded] = {}  # the io thread's alone
         self.trips_published = 0
         self.trips_received = 0
+        self.trips_dropped = 0
         self.subscribed = threading.Event()
         self._io = threading.Thread(
             target=self._io_loop, name=f"garrison-{namespace}-redis-io", daemon=True
@@ -166,28 +204,34 @@ class Fleet:
                     del self._breakers[service]
 
     def tripped(self, service: str, config: CircuitBreakerConfig) -> None:
-        """Record and publish a trip of this process's breaker of ``service``."""
-        payload = json.dumps({"kind": "trip", "service": service, "process": self.process})
-        window = _ms(self._window(config))
+        """Record and publish a trip of this process's breaker of ``service``.
+
+        While Redis is unreachable the trip waits in a bounded backlog and is recorded (and
+        published, with its age) when the link is back, if it is still within its window.
+        """
+        trip = _Unrecorded(self._clock.monotonic(), self._window(config))
 
         def job() -> None:
-            self._link.evalsha(
-                _TRIP,
-                [self._key(service, "trips")],
-                [self.process, window, self._channel, payload],
-            )
-            self.trips_published += 1
+            self._backlog.pop(service, None)  # this trip supersedes an unrecorded one
+            try:
+                self._record(service, trip, 0.0)  # at once: the trip is "now" for everyone
+            except BackendDown:
+                self._keep(service, trip)
+                raise
 
         self._jobs.put(job)
 
     def recovered(self, service: str) -> None:
         """This process's probes closed ``service``'s breaker: clear the trips, release the
-        probe lock, publish the recovery."""
+        probe lock, publish the recovery (an unrecorded trip of ``service`` is obsolete)."""
         payload = json.dumps({"kind": "closed", "service": service, "process": self.process})
-        keys = [self._key(service, "probe"), self._key(service, "trips")]
-        self._jobs.put(
-            lambda: self._link.evalsha(_RELEASE, keys, [self.process, self._channel, payload])
-        )
+        keys = [self.key(service, "probe"), self.key(service, "trips")]
+
+        def job() -> None:
+            self._backlog.pop(service, None)
+            self._link.evalsha(_RELEASE, keys, [self.process, self._channel, payload])
+
+        self._jobs.put(job)
 
     def request_probe(self, service: str, ref: Ref, token: object, ttl: float) -> None:
         """Take ``service``'s probe lock for ``ttl`` s if it is free; answer ``ref``.
@@ -199,7 +243,7 @@ class Fleet:
         def job() -> None:
             try:
                 granted, left = self._link.evalsha(
-                    _PROBE, [self._key(service, "probe")], [self.process, _ms(ttl)]
+                    _PROBE, [self.key(service, "probe")], [self.process, _ms(ttl)]
                 )
             except BackendDown:
                 granted, left = 1, 0
@@ -209,13 +253,44 @@ class Fleet:
 
     def release_probe(self, service: str) -> None:
         """Release ``service``'s probe lock if this process holds it."""
-        keys = [self._key(service, "probe"), self._key(service, "trips")]
+        keys = [self.key(service, "probe"), self.key(service, "trips")]
         self._jobs.put(lambda: self._link.evalsha(_RELEASE, keys, [self.process, "", ""]))
 
-    # -- helpers --------------------------------------------------------------------------------
+    # -- trips: recorded, or kept until Redis answers ------------------------------------------
 
-    def _key(self, service: str, what: str) -> str:
-        return f"{self._prefix}:{service}:{{breaker}}:{what}"
+    def _record(self, service: str, trip: _Unrecorded, age: float) -> None:
+        """ZADD the trip (dated ``age`` seconds ago on the server's clock) and publish it."""
+        event: dict[str, Any] = {"kind": "trip", "service": service, "process": self.process}
+        if age > 0.0:
+            event["age"] = round(age, 6)
+        self._link.evalsha(
+            _TRIP,
+            [self.key(service, "trips")],
+            [self.process, _ms(trip.window), self._channel, json.dumps(event), round(age * 1000)],
+        )
+        self.trips_published += 1
+
+    def _keep(self, service: str, trip: _Unrecorded) -> None:
+        """Keep an unrecorded trip for later; the oldest goes when the backlog is full."""
+        if len(self._backlog) >= _BACKLOG:
+            del self._backlog[next(iter(self._backlog))]
+            self.trips_dropped += 1
+        self._backlog[service] = trip
+
+    def _record_backlog(self) -> None:
+        """Record the unrecorded trips still within their window (oldest first); drop the
+        rest. Stops at the first failure, keeping what is left for the next attempt."""
+        now = self._clock.monotonic()
+        while self._backlog:
+            service, trip = next(iter(self._backlog.items()))
+            age = now - trip.at
+            if age < trip.window:
+                self._record(service, trip, age)  # BackendDown: everything stays for next time
+            else:
+                self.trips_dropped += 1
+            del self._backlog[service]
+
+    # -- helpers --------------------------------------------------------------------------------
 
     def _window(self, config: CircuitBreakerConfig) -> float:
         window = self._config.trip_window
@@ -229,7 +304,7 @@ class Fleet:
         """Read ``service``'s recent trips; tell its breakers if they reach the quorum."""
         for ref, config in self._registered(service):
             found = self._link.evalsha(
-                _TRIPS, [self._key(service, "trips")], [_ms(self._window(config))]
+                _TRIPS, [self.key(service, "trips")], [_ms(self._window(config))]
             )
             now = int(found[0])
             processes: set[str] = set()
@@ -246,10 +321,24 @@ class Fleet:
         for service in services:
             self._resync(service)
 
+    @property
+    def channel(self) -> str:
+        """The pub/sub channel of trips and recoveries."""
+        return self._channel
+
+    def key(self, service: str, what: str) -> str:
+        """The Redis key of ``service``'s ``what`` (``trips`` or ``probe``)."""
+        return f"{self._prefix}:{service}:{what}"
+
+    @property
+    def heartbeat_key(self) -> str:
+        """The sorted set of live processes."""
+        return f"{self._prefix}:processes"
+
     def _heartbeat(self) -> None:
         span = _ms(self._config.heartbeat_interval * _BEATS_KEPT)
         self.processes_seen = int(
-            self._link.evalsha(_HEARTBEAT, [f"{self._prefix}:processes"], [self.process, span])
+            self._link.evalsha(_HEARTBEAT, [self.heartbeat_key], [self.process, span])
         )
 
     # -- the io thread --------------------------------------------------------------------------
@@ -271,6 +360,8 @@ class Fleet:
                 return
             self._run(job)
             up = link.probe()
+            if up and self._backlog:
+                self._run(self._record_backlog)
             if up and not was_up:
                 self._run(self._resync_all)
             was_up = up
@@ -282,7 +373,7 @@ class Fleet:
         try:
             job()
         except BackendDown:
-            pass  # counted by the link; a lost trip is found again by the next resync
+            pass  # counted by the link; trips wait in the backlog, reads are done again
         except Exception as error:
             emit("garrison.backend.job_failed", level="error", channel=self._channel, error=error)
 
@@ -319,7 +410,8 @@ class Fleet:
         try:
             event: dict[str, Any] = json.loads(data)  # type: ignore[arg-type]
             kind, service, process = event["kind"], event["service"], event["process"]
-        except (TypeError, ValueError, KeyError):
+            age = float(event.get("age", 0.0))
+        except (TypeError, ValueError, KeyError, AttributeError):
             return  # not one of ours
         if process == self.process:
             return
@@ -327,7 +419,7 @@ class Fleet:
             self.trips_received += 1
             if self._config.fleet_trip_quorum <= 1:
                 for ref, _ in self._registered(service):
-                    _tell(ref, FleetTrip(service))
+                    _tell(ref, FleetTrip(service, max(age, 0.0)))
             else:
                 self._jobs.put(lambda: self._resync(service))
         elif kind == "closed":
@@ -345,6 +437,8 @@ class Fleet:
             "breakers": services,
             "trips_published": self.trips_published,
             "trips_received": self.trips_received,
+            "trips_unrecorded": len(self._backlog),
+            "trips_dropped": self.trips_dropped,
         }
 
 

@@ -14,9 +14,11 @@ of ``cost`` is checked with exactly the rules of :mod:`garrison.policies.rate`:
 - ``sliding_window``: per window the index of the fixed window and two counters;
   ``prev * (1 - f) + cur + cost <= N``.
 
-A rejection returns the least microsecond at which the same request would be admitted if
-nothing else is (checked against the decision itself, so it never "retries" into another
-rejection). Every write sets a ``PX`` expiry (``key_ttl``, as in memory), and every key
+A script answers an admission with the server time alone (an integer: the cheapest reply
+to parse) and a rejection with ``{0, wait, window, now}``, ``wait`` being the microseconds
+until the least time at which the same request would be admitted if nothing else is
+(checked against the decision itself, so it never "retries" into another rejection).
+Every write sets a ``PX`` expiry (``key_ttl``, as in memory), and every key
 of a client shares one ``{...}`` hash tag: ``garrison:<namespace>:<service>:{<key>}:<alg>``.
 """
 
@@ -79,7 +81,7 @@ if write then
   redis.call('LTRIM', key, 0, cap - 1)
   redis.call('PEXPIRE', key, ttl)
 end
-return {1, 0, 0, now}
+return now
 """
 )
 
@@ -125,7 +127,7 @@ if write then
   local px = math.max(1, math.ceil((horizon - now) / 1000) + extra)
   redis.call('SET', key, table.concat(out, ' '), 'PX', px)
 end
-return {1, 0, 0, now}
+return now
 """
 )
 
@@ -178,7 +180,7 @@ if write then
   local px = math.max(1, math.ceil((horizon - now) / 1000) + extra)
   redis.call('SET', key, table.concat(out, ' '), 'PX', px)
 end
-return {1, 0, 0, now}
+return now
 """
 )
 
@@ -196,13 +198,13 @@ _ALLOWED: Final = Decision(True, 0.0, "")
 def encode_key(key: Hashable) -> str:
     """The client key as text for a Redis key name: distinct keys stay distinct, and the
     text has no braces (so the ``{...}`` hash tag around it is always the whole of it)."""
-    if isinstance(key, str):
-        text = key
+    if isinstance(key, str):  # "~" only ever starts the text of another type's key
+        text = key.replace("%", "%25").replace("~", "%7E")
     elif key is None:
         return "~"
     else:
-        text = f"~{type(key).__name__}:{key!r}"
-    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D") or "%"
+        text = f"~{type(key).__name__}:{key!r}".replace("%", "%25")
+    return text.replace("{", "%7B").replace("}", "%7D") or "%"
 
 
 def _us(seconds: float) -> int:
@@ -231,12 +233,14 @@ class RedisRateLimit:
         self._configured = tuple(w.limit for w in config.windows)
         self._limits: tuple[int, ...] = self._configured
         self._cached: dict[int, list[str]] = {}
+        self._encoded: dict[tuple[bool, int], tuple[bytes, ...]] = {}
         self._checker = RateLimitPolicy(config)
 
     def set_limits(self, limits: Sequence[int]) -> None:
         """The effective limit of each window (after adaptive throttling)."""
         self._limits = tuple(limits)
         self._cached.clear()
+        self._encoded.clear()
 
     def redis_key(self, key: Hashable) -> str:
         """The Redis key that holds ``key``'s windows."""
@@ -276,12 +280,19 @@ class RedisRateLimit:
         if cost != 1:
             self._checker._check_cost(cost)
 
-    def _args(self, write: bool, cost: int, at: float | None) -> list[str]:
-        now = "" if at is None else str(_us(at))
-        return ["1" if write else "0", str(cost), now, *self._window_args(cost)]
+    def _args(self, write: bool, cost: int, at: float | None) -> Sequence[str | bytes]:
+        if at is not None:
+            return ["1" if write else "0", str(cost), str(_us(at)), *self._window_args(cost)]
+        encoded = self._encoded.get((write, cost))
+        if encoded is None:  # the arguments as redis-py would encode them, once
+            args = ["1" if write else "0", str(cost), "", *self._window_args(cost)]
+            encoded = tuple(arg.encode() for arg in args)
+            if len(self._encoded) < 128:
+                self._encoded[(write, cost)] = encoded
+        return encoded
 
-    def _decision(self, reply: Sequence[Any]) -> Decision:
-        if reply[0] == 1:
+    def _decision(self, reply: Any) -> Decision:
+        if type(reply) is int:
             return _ALLOWED
         return Decision(False, int(reply[1]) / _US, self._labels[int(reply[2]) - 1])
 
@@ -291,7 +302,7 @@ class RedisRateLimit:
         """The decision and the server time (seconds) it was taken at."""
         self.check_cost(cost)
         reply = self._link.evalsha(self._script, [self.redis_key(key)], self._args(write, cost, at))
-        return self._decision(reply), int(reply[3]) / _US
+        return self._decision(reply), (reply if type(reply) is int else int(reply[3])) / _US
 
     def acquire(self, key: Hashable, cost: int = 1, *, at: float | None = None) -> Decision:
         """Admit and count ``cost`` units for ``key``, or reject (counting nothing)."""
