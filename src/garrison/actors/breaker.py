@@ -262,10 +262,10 @@ class CircuitBreakerActor(Stage):
                 self._sync()
             return
         self._totals["rejected"] += 1
+        self._sync()  # before answering: the caller should not wait for us to finish
         reply.try_set_exception(
             CircuitOpen(self.service, decision.retry_after, state=decision.state)
         )
-        self._sync()
 
     def handle_outcome(self, context: Any, outcome: Future[Any], reply: Future[Any]) -> None:
         """Report the outcome to the policy first, then complete the caller's reply."""
