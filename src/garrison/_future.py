@@ -110,11 +110,13 @@ class Future(pykka.Future[T], Generic[T]):
             waiter = self._waiter
             callbacks = self._callbacks
             self._callbacks = None
-        if waiter is not None:
-            waiter.release()
+        # Callbacks first (a stage's bookkeeping, the monitor's metric), then the waiting
+        # caller: whoever wakes up on an outcome sees what its callbacks did.
         if callbacks:
             for callback in callbacks:
                 self._run_callback(callback)
+        if waiter is not None:
+            waiter.release()
         return True
 
     def _run_callback(self, callback: Callable[[Future[T]], object]) -> None:
@@ -166,7 +168,8 @@ class Future(pykka.Future[T], Generic[T]):
     def add_done_callback(self, callback: Callable[[Future[T]], object]) -> None:
         """Call ``callback(future)`` once the future completes (at once if it has).
 
-        The callback runs in the thread that completes the future; keep it short and
+        The callback runs in the thread that completes the future, before a caller waiting
+        in ``get`` is woken (it sees what the callbacks did); keep it short and
         never block in it. Its exceptions are logged, not raised.
         """
         with self._lock:

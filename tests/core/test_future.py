@@ -602,3 +602,26 @@ def test_ref_to_a_plain_pykka_actor_uses_garrison_futures(plain_actor: Any):
     assert ref.ask("there", timeout=5) == ("echo", "there")
     with pytest.raises(Boom, match="plain actor failed"):
         ref.ask("fail", timeout=5)
+
+
+def test_callbacks_run_before_a_waiting_caller_wakes():
+    future: Future[int] = Future()
+    woke = threading.Event()
+    seen_awake: list[bool] = []
+
+    def waiter() -> None:
+        future.get(5)
+        woke.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    for _ in range(5000):  # until the waiter is blocked on the outcome (at most 5 s)
+        if future._waiter is not None:
+            break
+        thread.join(0.001)
+    # The callback gives the woken caller every chance to run; it must not have been woken.
+    future.add_done_callback(lambda _: seen_awake.append(woke.wait(0.1)))
+    future.set(1)
+    thread.join(5)
+    assert seen_awake == [False]
+    assert woke.is_set()
