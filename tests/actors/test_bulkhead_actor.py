@@ -179,6 +179,28 @@ def test_abandoning_a_stuck_call_replaces_its_worker(rt):
     assert ref.ask(Execute(lambda: "after"), timeout=5) == "after"
 
 
+def test_past_the_abandon_cap_a_stuck_worker_is_not_replaced(rt):
+    ref = bulkhead(rt, max_workers=2, max_abandoned=1)
+    gate = Gate()
+    first, second = rt_future(), rt_future()
+    ref.forward(gate.op("late 1"), first)
+    ref.forward(gate.op("late 2"), second)
+    gate.wait_started(2)
+    ref.tell(Abandon(first))  # one stuck: within the cap, replaced
+    ref.tell(Abandon(second))  # two stuck: past the cap, not replaced (the pool shrinks)
+    status = ref.ask(GetStatus(), timeout=5)
+    assert (status["stuck_workers"], status["idle_workers"]) == (2, 1)
+    gate.release.set()
+    assert (first.get(5), second.get(5)) == ("late 1", "late 2")
+    # once the stuck workers end, the pool is back to max_workers (bounded polling)
+    for _ in range(500):
+        status = ref.ask(GetStatus(), timeout=5)
+        if status["stuck_workers"] == 0:
+            break
+    assert (status["stuck_workers"], status["idle_workers"]) == (0, 2)
+    assert ref.ask(Execute(lambda: "after"), timeout=5) == "after"
+
+
 def test_abandoning_a_coroutine_cancels_it(rt):
     ref = bulkhead(rt, max_workers=1)
     entered = threading.Event()

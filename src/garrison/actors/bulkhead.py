@@ -547,7 +547,8 @@ class BulkheadActor(Stage):
             stuck=self._stuck,
             max_abandoned=self.config.abandon_cap,
         )
-        self._add_worker()
+        if self._stuck <= self.config.abandon_cap:
+            self._add_worker()  # past the cap the pool shrinks instead: threads never pile up
         self._start_waiting()
 
     def _worker_ended(self, worker: _Worker, error: BaseException | None) -> None:
@@ -562,6 +563,9 @@ class BulkheadActor(Stage):
         self._workers.remove(worker)
         if worker.retired:
             self._stuck -= 1
+            live = sum(1 for w in self._workers if not w.retired)
+            if live < self.config.max_workers and not self._closed:
+                self._add_worker()  # one not replaced while past the cap comes back now
             self._start_waiting()
             return
         if worker in self._idle:
