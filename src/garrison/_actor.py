@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import pykka
 from pykka import messages
@@ -118,9 +118,7 @@ class SafeLoop(pykka.Actor):
     @property
     def mailbox(self) -> Mailbox:
         """This actor's mailbox."""
-        inbox = self.actor_inbox
-        assert isinstance(inbox, Mailbox)
-        return inbox
+        return cast(Mailbox, self.actor_inbox)  # always a Mailbox: _create_actor_inbox
 
     # -- replies ----------------------------------------------------------------------------
 
@@ -181,6 +179,7 @@ class SafeLoop(pykka.Actor):
     def _actor_loop_running(self) -> None:
         mailbox = self.mailbox
         stopped = self.actor_stopped
+        receive = self._receive
         while not stopped.is_set():
             envelope = mailbox.take(self)
             if envelope is None:  # retired: a successor owns the mailbox now
@@ -189,22 +188,26 @@ class SafeLoop(pykka.Actor):
                 pykka.ActorRegistry.unregister(self.actor_ref)
                 stopped.set()
                 return
-            message = envelope.message
-            if message is PING:
-                if envelope.reply_to is not None:
-                    envelope.reply_to.set(None)
-                continue
-            self._current = envelope
-            self._deferred = False
-            try:
-                response = self._handle_receive(message)
-            except BaseException as exc:
-                self._current = None
-                self._crash(envelope, exc)
-                continue
+            receive(envelope)
+
+    def _receive(self, envelope: Envelope[Any]) -> None:
+        """Handle one envelope taken from the mailbox: answer it, or crash."""
+        message = envelope.message
+        if message is PING:
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(None)
+            return
+        self._current = envelope
+        self._deferred = False
+        try:
+            response = self._handle_receive(message)
+        except BaseException as exc:
             self._current = None
-            if not self._deferred and envelope.reply_to is not None:
-                envelope.reply_to.set(response)
+            self._crash(envelope, exc)
+            return
+        self._current = None
+        if not self._deferred and envelope.reply_to is not None:
+            envelope.reply_to.set(response)
 
     def _actor_loop_teardown(self) -> None:
         if not self._crashed:

@@ -46,8 +46,12 @@ class Future(pykka.Future[T], Generic[T]):
 
     __slots__ = ("_callbacks", "_error", "_lock", "_state", "_tb", "_value", "_waiter", "meta")
 
+    # pykka.Future's own state, never used here (get hooks are not supported): class-level,
+    # so that __init__ (made once per stage per operation) need not call pykka's.
+    _get_hook: Any = None
+    _get_hook_result: Any = None
+
     def __init__(self) -> None:
-        super().__init__()
         self._lock = threading.Lock()
         self._state = _PENDING
         self._value: Any = None

@@ -54,11 +54,13 @@ class Mailbox:
     __slots__ = (
         "_buffered",
         "_front",
+        "_handled",
         "_limit",
         "_lock",
         "_owner",
         "_queue",
         "_reason",
+        "_sent",
         "_state",
         "dead_letters",
         "name",
@@ -75,6 +77,10 @@ class Mailbox:
         self._buffered = 0
         self._limit = 0
         self._owner: object | None = None
+        # Envelopes queued, and envelopes a reader reported handled (mark_handled): a reader
+        # that reports can tell whether anything sent to it is still unhandled (all_handled).
+        self._sent = 0
+        self._handled = 0
 
     @property
     def closed(self) -> bool:
@@ -110,6 +116,7 @@ class Mailbox:
             elif state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
                 if state == _SUSPENDED:
                     self._buffered += 1
+                self._sent += 1
                 if urgent:
                     self._front.append(envelope)
                     self._queue.put(_WAKE)
@@ -139,6 +146,7 @@ class Mailbox:
             if state == _OPEN or (state == _SUSPENDED and self._buffered < self._limit):
                 if state == _SUSPENDED:
                     self._buffered += 1
+                self._sent += 1
                 self._queue.put(envelope)
                 return True
             return False
@@ -178,6 +186,26 @@ class Mailbox:
             if envelope is not _WAKE:
                 return envelope
 
+    def put_back(self, envelope: Envelope[Any]) -> None:
+        """Return a taken, unhandled ``envelope`` to the head of the queue (for the next reader)."""
+        with self._lock:
+            self._front.appendleft(envelope)
+            self._queue.put(_WAKE)
+
+    def mark_handled(self) -> None:
+        """A reader that counts says it is done with one envelope it took (see all_handled)."""
+        with self._lock:
+            self._handled += 1
+
+    def all_handled(self) -> bool:
+        """True when every envelope queued so far was reported handled by its reader.
+
+        Meaningful only for a reader that calls :meth:`mark_handled` for every envelope it
+        takes (a :class:`~garrison.actors._host.StageHost` does): then True means nothing sent
+        before this call is still queued or being handled.
+        """
+        return self._sent == self._handled
+
     def empty(self) -> bool:
         """True when nothing is queued."""
         return not self._front and self._queue.empty()
@@ -195,6 +223,7 @@ class Mailbox:
                 self._front.remove(envelope)
             except ValueError:
                 return False
+            self._handled += 1  # never to be handled: as good as handled, for all_handled
             return True
 
     def adopt(self, owner: object) -> None:

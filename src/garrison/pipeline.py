@@ -295,24 +295,25 @@ class Pipeline(PipelineView):
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.monitor = monitor
         front = self.ref
-        self._front_bulkhead = (
-            front if isinstance(front, HostedRef) and list(stages) == ["bulkhead"] else None
-        )
+        self._bulkhead_host: Ref | None = None  # a fused pipeline with no stage but its bulkhead
+        if isinstance(front, HostedRef) and list(stages) == ["bulkhead"]:
+            self._bulkhead_host = front.host
 
     def send(self, message: Execute, reply: Future[Any]) -> None:
         """Send ``message`` into the pipeline with ``reply`` as its reply.
 
-        A fused pipeline whose outermost stage is its bulkhead starts the operation from
-        the calling thread when a worker is free (no hop through the stage host).
+        A fused pipeline whose host is idle runs its stages in the calling thread (see
+        :mod:`garrison.actors._host`); one whose only stage is its bulkhead starts the
+        operation from the calling thread whenever a worker is free.
         """
-        front = self._front_bulkhead
-        if front is not None:
-            host = actor_of(front.host.actor_ref)
+        host_ref = self._bulkhead_host
+        if host_ref is not None:
+            host = actor_of(host_ref.actor_ref)
             if isinstance(host, StageHost):
                 bulkhead = host.stages[0]
                 if isinstance(bulkhead, BulkheadActor) and bulkhead.try_admit(message, reply):
                     return
-        self.ref.forward(message, reply)
+        self.ref.forward(message, reply)  # a fused pipeline's HostedRef may run it here
 
     def report(self, message: Execute, done: Future[Any], started: float) -> None:
         """Log the seed's per-operation reliability metric (``monitor=True``)."""

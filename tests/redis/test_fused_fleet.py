@@ -3,6 +3,7 @@ share limits and trips alike, and both decide a deep backlog in batches."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,9 @@ from _fleet import drained, wait_until
 
 import redis
 from garrison import CircuitBreakerConfig, CircuitOpen, RateLimitConfig, RateLimited, Runtime
+from garrison._ref import actor_of
+from garrison.actors._host import HostedRef, StageHost
+from garrison.actors._stage import Stage
 from garrison.backends import BackendConfig
 from garrison.pipeline import Pipeline
 from garrison.testing import ManualClock
@@ -108,3 +112,29 @@ def test_trips_and_probes_reach_fused_and_separate_breakers(pair: tuple[Runtime,
     assert wait_until(lambda: state(fused) == "open")
     with pytest.raises(CircuitOpen):
         fused.call(lambda: "not called")
+
+
+def test_stages_that_talk_to_redis_stay_on_their_hosts_thread(pair: tuple[Runtime, Runtime]):
+    """A Redis decision may wait for the network: it never runs in a caller's thread."""
+    a, _ = pair
+    api = a.pipeline("home", rate_limit=RateLimitConfig(per_second=100), circuit_breaker=BREAKER)
+    ready(a)
+    ref = api.stages["rate_limiter"]
+    assert isinstance(ref, HostedRef)
+    assert ref.settle(5)
+    host = actor_of(ref.host.actor_ref)
+    assert isinstance(host, StageHost)
+    assert host._thread is not None
+    limiter = actor_of(ref.actor_ref)
+    assert isinstance(limiter, Stage)
+    assert not limiter.runs_inline()
+    seen: list[int] = []
+    decide = limiter.handle_execute
+
+    def spy(message: Any, reply: Any) -> None:
+        seen.append(threading.get_ident())
+        decide(message, reply)
+
+    limiter.handle_execute = spy  # type: ignore[method-assign]
+    assert api.call(lambda: "done") == "done"
+    assert seen == [host._thread.ident]

@@ -15,6 +15,19 @@ thread instead, as Akka fuses stream stages:
 - each message is still handled by one stage at a time, to completion, in the order it was
   sent (the actor rules hold per stage), only without the thread switch.
 
+**Turns.** Whoever handles a message for the stages holds the host's *turn* (a lock): the
+host's own thread for what comes through its mailbox, or, when the host is idle, the thread
+that brings the message. A caller sending an operation into an idle pipeline, or a worker
+reporting an outcome to an idle host, runs the stages' code itself, under the turn, instead
+of waking the host's thread (two thread switches less per operation). The rules stay those
+of an actor: one message at a time per stage, to completion, and a message never overtakes
+one sent before it by the same sender (a thread takes the turn only when every message the
+mailbox ever took in has been handled). Only stages that say they may run anywhere
+(:meth:`~garrison.actors.Stage.runs_inline`: the built-in ones without a Redis backend) are
+run this way; a host with any other stage always uses its own thread. A stage that crashes
+in a borrowed turn crashes the host as it would in the host's thread: the host's thread is
+woken and goes through the usual crash, and the message that crashed gets the error.
+
 What fusing costs: the stages share one thread and one fate. A crash of any stage (a bug:
 operations' own failures never crash a stage) is a crash of the host, and the supervisor
 restarts all the stages together; each keeps its state through ``snapshot``/``restore``
@@ -65,6 +78,21 @@ class HostedStage:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+class _InlineCrashed:
+    """Wakes a host whose stage crashed in a borrowed turn; otherwise handled as nothing."""
+
+    __slots__ = ()
+
+    def refused(self, reason: str) -> None:
+        """Refused by an ending host's mailbox: there is nothing left to wake."""
+
+    def __repr__(self) -> str:
+        return "InlineCrashed()"
+
+
+_INLINE_CRASHED = _InlineCrashed()
+
+
 class ToStage:
     """A message for one stage of a host, travelling through the host's mailbox."""
 
@@ -99,7 +127,7 @@ class StagePort(Mailbox):
             self.refuse(envelope, "the actor has stopped")
             return False
         host = self.host
-        if host.on_host_thread():
+        if host._ident == threading.get_ident():  # on_host_thread(), inlined: the hot path
             host.run_queue.append((self.index, envelope))
             return True
         return host.mailbox.offer(Envelope(ToStage(self, envelope.message), envelope.reply_to))
@@ -121,8 +149,12 @@ class StagePort(Mailbox):
         if self.stopped:
             return False
         host = self.host
-        if host.on_host_thread():
+        if host._ident == threading.get_ident():
             host.run_queue.append((self.index, envelope))
+            return True
+        if getattr(envelope.message, "handled_by_sender", False) and host.run_inline(
+            self.index, envelope
+        ):
             return True
         return host.mailbox.try_put(Envelope(ToStage(self, envelope.message), envelope.reply_to))
 
@@ -169,7 +201,10 @@ class StageHost(Actor):
         if not stages:
             raise ValueError("a StageHost needs at least one stage")
         self.run_queue: deque[tuple[int, Envelope[Any]]] = deque()
-        self._ident: int | None = None
+        self._ident: int | None = None  # the thread holding the turn, if any
+        self._turn = threading.Lock()
+        self._inline = False  # other threads may take the turn (the host runs, all stages allow)
+        self._inline_error: BaseException | None = None
         self._crashed_item: tuple[Stage, Envelope[Any]] | None = None
         self._restored: dict[str, Any] = {}
         self.names = tuple(spec.name for spec in stages)
@@ -189,8 +224,50 @@ class StageHost(Actor):
         self.stages: tuple[Stage, ...] = tuple(built)
 
     def on_host_thread(self) -> bool:
-        """True when called from the thread running this host."""
+        """True when called from the thread holding this host's turn."""
         return self._ident == threading.get_ident()
+
+    def run_inline(self, index: int, envelope: Envelope[Any]) -> bool:
+        """Handle ``envelope`` for stage ``index`` in the calling thread, if the host is idle.
+
+        Returns False, having done nothing, when the host's turn is taken, anything sent to
+        the host is still unhandled (it would be overtaken), the host is not running, or a
+        stage may not run outside the host's thread: then send it through the mailbox.
+        Everything the stages send each other meanwhile is handled before this returns.
+        """
+        if not self._inline:
+            return False
+        turn = self._turn
+        if not turn.acquire(False):
+            return False
+        try:
+            mailbox = self.mailbox
+            if not self._inline or mailbox.owner is not self or not mailbox.all_handled():
+                return False
+            self._ident = threading.get_ident()
+            try:
+                self._dispatch(index, envelope)
+                self._drain()
+            except BaseException as error:
+                self._crashed_inline(error)
+                if not isinstance(error, Exception):
+                    raise
+            finally:
+                self._ident = None
+        finally:
+            turn.release()
+        return True
+
+    def _crashed_inline(self, error: BaseException) -> None:
+        """A stage crashed in a borrowed turn: have the host's thread crash with ``error``."""
+        self._inline = False
+        self._inline_error = error
+        if not self.mailbox.offer(Envelope(_INLINE_CRASHED)):
+            # The host is already ending: nobody will crash it; answer the message here.
+            item = self._crashed_item
+            if item is not None:
+                self._crashed_item = None
+                self._crash_item(*item, error)
 
     def fused_parts(self) -> list[tuple[str, str]]:
         """``(stage name, stage class name)``, innermost first (as a supervisor starts them)."""
@@ -217,6 +294,7 @@ class StageHost(Actor):
         for stage in reversed(self.stages):
             stage.on_start()
             self._drain()
+        self._inline = all(stage.runs_inline() for stage in self.stages)
 
     def on_stop(self) -> None:
         """Stop the stages, outermost first (as a supervisor stops its children).
@@ -224,6 +302,7 @@ class StageHost(Actor):
         A stage whose ``on_stop`` fails does not keep the next ones from stopping (their
         workers and timers would outlive the runtime); the first error is raised at the end.
         """
+        self._inline = False
         first_error: Exception | None = None
         try:
             for stage in self.stages:
@@ -242,11 +321,44 @@ class StageHost(Actor):
     def _actor_loop_teardown(self) -> None:
         # A host retired while stuck ends here without on_stop: its thread's ident may be
         # reused, and a message for its stages must not land in a run queue nobody reads.
+        self._inline = False
         self._ident = None
         super()._actor_loop_teardown()
 
+    def _actor_loop_setup(self) -> None:
+        with self._turn:
+            try:
+                super()._actor_loop_setup()
+            finally:
+                self._ident = None
+
+    def _receive(self, envelope: Envelope[Any]) -> None:
+        # Every message is handled under the turn; a count of them lets run_inline tell
+        # whether anything sent to the host is still waiting.
+        mailbox = self.mailbox
+        with self._turn:
+            self._ident = threading.get_ident()
+            try:
+                error = self._inline_error
+                if error is None:
+                    try:
+                        super()._receive(envelope)
+                    finally:
+                        mailbox.mark_handled()
+                    return
+                # A stage crashed in a borrowed turn: this incarnation ends with that error,
+                # and what woke it is for the next one (unless it is only the wake-up).
+                if envelope.message is _INLINE_CRASHED:
+                    mailbox.mark_handled()
+                else:
+                    mailbox.put_back(envelope)
+                self._crash(None, error)
+            finally:
+                self._ident = None
+
     def on_failure(self, *exc_info: Any) -> None:
         """A stage crashed: every stage fails with the host; what was queued is kept."""
+        self._inline = False
         for stage in self.stages:
             with suppress(Exception):  # one stage's cleanup must not skip the others'
                 stage.on_failure(*exc_info)
@@ -313,6 +425,8 @@ class StageHost(Actor):
         envelope = self._current
         assert envelope is not None
         self._deferred = True  # every reply is the stages' business
+        if message is _INLINE_CRASHED:
+            return None  # a predecessor's wake-up, left over
         if type(message) is ToStage:
             self._dispatch(message.port.index, Envelope(message.message, envelope.reply_to))
         else:
@@ -450,6 +564,10 @@ class HostedRef(Ref):
 
     def _send(self, envelope: Envelope[Any]) -> None:
         message = envelope.message
+        if type(message) is Execute:
+            host = actor_of(self._host_ref.actor_ref)
+            if isinstance(host, StageHost) and host.run_inline(self._index, envelope):
+                return  # the host was idle: handled in this thread
         if self._index == 0 and type(message) is not messages._ActorStop:
             # The outermost stage is the host's default recipient: no wrapper.
             self._host_ref._send(envelope)

@@ -42,6 +42,9 @@ class Observed:
     outcome: Future[Any]
     reply: Future[Any]
 
+    handled_by_sender: ClassVar[bool] = True
+    """A fused host may have the thread that reports the outcome handle it (see _host)."""
+
     def refused(self, reason: str) -> None:
         """The stage stopped before handling this: the caller gets the outcome as it is."""
         copy_outcome(self.outcome, self.reply)
@@ -122,6 +125,15 @@ class Stage(Actor):
     def status(self) -> dict[str, Any]:
         """This stage's status, as a plain dict."""
         return {"stage": self.stage}
+
+    def runs_inline(self) -> bool:
+        """True if, fused, this stage may handle messages in any thread that holds its
+        host's turn (a caller's, a worker's), not only in the host's own thread.
+
+        Only for stages whose handlers never block and never care which thread they run in;
+        the default is False. The built-in stages say True unless they talk to Redis.
+        """
+        return False
 
     # -- passing operations on ----------------------------------------------------------------
 

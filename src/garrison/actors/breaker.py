@@ -352,6 +352,11 @@ class CircuitBreakerActor(Stage):
 
     # -- status ---------------------------------------------------------------------------------
 
+    def runs_inline(self) -> bool:
+        """True when it has a downstream (it never runs operations itself then) and shares
+        no trips through a backend (see :meth:`Stage.runs_inline`)."""
+        return self.downstream is not None and self._fleet is None
+
     def status(self) -> dict[str, Any]:
         """The policy's status (see ``BreakerPolicy.status``) plus ``stage``, ``service`` and
         ``totals``: calls since this incarnation started, by kind (successful, failed,

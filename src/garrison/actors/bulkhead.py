@@ -596,6 +596,11 @@ class BulkheadActor(Stage):
             return super().handle_other(message)
         return None
 
+    def runs_inline(self) -> bool:
+        """True: its handlers never block; workers run the operations (see
+        :meth:`Stage.runs_inline`)."""
+        return True
+
     def status(self) -> dict[str, Any]:
         """Occupancy, queue, counters and stuck workers."""
         with self._lock:

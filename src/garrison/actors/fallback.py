@@ -272,6 +272,11 @@ class FallbackActor(Stage):
 
     # -- status ---------------------------------------------------------------------------------
 
+    def runs_inline(self) -> bool:
+        """True when it has a downstream: it never runs operations itself then, and never
+        blocks (see :meth:`Stage.runs_inline`)."""
+        return self.downstream is not None
+
     def status(self) -> dict[str, Any]:
         """Fallbacks used by source, re-raised errors, routed failures and the cache's size."""
         with self._failed_lock:

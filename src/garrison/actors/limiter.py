@@ -486,6 +486,11 @@ class RateLimiterActor(Stage):
             return None
         return super().handle_other(message)
 
+    def runs_inline(self) -> bool:
+        """True when it has a downstream (it never runs operations itself then) and keeps
+        its windows in memory, not in a backend (see :meth:`Stage.runs_inline`)."""
+        return self.downstream is not None and self._shared is None
+
     def status(self) -> dict[str, Any]:
         """Configured and effective limits, queue depth by priority, counters, key count."""
         depth = {p.name.lower(): 0 for p in Priority}

@@ -442,6 +442,11 @@ class RetryActor(Stage):
 
     # -- status ---------------------------------------------------------------------------------
 
+    def runs_inline(self) -> bool:
+        """True when it has a downstream: it never runs operations itself then, and never
+        blocks (see :meth:`Stage.runs_inline`)."""
+        return self.downstream is not None
+
     def status(self) -> dict[str, Any]:
         """Counters, what is waiting or running now, the budget and the main settings."""
         policy = self.policy.status()

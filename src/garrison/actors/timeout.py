@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from pykka._envelope import Envelope
 
@@ -53,6 +53,8 @@ class _Finished:
     token: int
     inner: Future[Any]
     reply: Future[Any]
+
+    handled_by_sender: ClassVar[bool] = True  # a fused host may handle it in the reporter's turn
 
     def refused(self, reason: str) -> None:
         """The supervisor is gone: the caller gets the outcome as it is."""
@@ -213,6 +215,11 @@ class TimeoutSupervisor(Stage):
             self._expired(message.token)
             return None
         return super().handle_other(message)
+
+    def runs_inline(self) -> bool:
+        """True when it has a downstream: it never runs operations itself then, and never
+        blocks (see :meth:`Stage.runs_inline`)."""
+        return self.downstream is not None
 
     def status(self) -> dict[str, Any]:
         """The current timeout, the adaptive statistics and counters."""
