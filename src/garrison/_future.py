@@ -16,7 +16,7 @@ import contextlib
 import sys
 import threading
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
@@ -148,7 +148,7 @@ class Future(pykka.Future[T], Generic[T]):
         if self._state == _FAILED:
             assert self._error is not None
             raise self._error.with_traceback(self._tb)
-        return cast(T, self._value)
+        return self._value  # type: ignore[no-any-return]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Wait for the outcome and return its error, or None if it is a value."""

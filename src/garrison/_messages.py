@@ -121,6 +121,36 @@ class Execute:
         if not self.name:
             object.__setattr__(self, "name", _name_of(self.fn))
 
+    @classmethod
+    def _of_call(  # noqa: PLR0917 (one per field of the message, on the hot path)
+        cls,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: Hashable | None,
+        priority: Priority,
+        timeout: float | None,
+        name: str,
+        cost: int,
+    ) -> Execute:
+        """An Execute from options validated before (by a pipeline view): only ``fn`` is
+        checked. ``args`` and ``kwargs`` must be a call's own ``*args, **kwargs`` (a tuple,
+        and a fresh dict of string keys, kept as they are).
+        """
+        if not callable(fn):
+            raise TypeError(f"Execute.fn must be callable, got {type(fn).__name__}")
+        message = object.__new__(cls)
+        set_field = object.__setattr__
+        set_field(message, "fn", fn)
+        set_field(message, "args", args)
+        set_field(message, "kwargs", MappingProxyType(kwargs) if kwargs else _EMPTY)
+        set_field(message, "key", key)
+        set_field(message, "priority", priority)
+        set_field(message, "timeout", timeout)
+        set_field(message, "name", name or _name_of(fn))
+        set_field(message, "cost", cost)
+        return message
+
     def run(self) -> Any:
         """Call the function with the message's arguments (in the calling thread)."""
         return self.fn(*self.args, **self.kwargs)

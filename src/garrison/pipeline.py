@@ -148,6 +148,10 @@ class _Options:
     cost: int = 1
 
 
+def _options_only() -> None:
+    """The function of the Execute that validates a view's options (never called)."""
+
+
 class PipelineView:
     """A pipeline with per-call options (``key``, ``priority``, ``timeout``, ``name``, ``cost``).
 
@@ -161,16 +165,16 @@ class PipelineView:
 
     def execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Execute:
         """The Execute message this view would send for ``fn(*args, **kwargs)``."""
-        options = self._options
-        return Execute(
+        options = self._options  # validated when the view was made
+        return Execute._of_call(
             fn,
-            args=args,
-            kwargs=kwargs,
-            key=options.key,
-            priority=options.priority,
-            timeout=options.timeout,
-            name=options.name,
-            cost=options.cost,
+            args,
+            kwargs,
+            options.key,
+            options.priority,
+            options.timeout,
+            options.name,
+            options.cost,
         )
 
     def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -218,26 +222,36 @@ class PipelineView:
         name: str | _Keep | None = KEEP,
         cost: int | _Keep | None = KEEP,
     ) -> PipelineView:
-        """A view with these options changed (validated when a call builds its Execute).
+        """A view with these options changed, validated here (a bad one is a TypeError or
+        ValueError naming it, as for :class:`~garrison.Execute`).
 
         An option left out keeps this view's value; ``None`` resets it to its default (no
         key, normal priority, the timeout stage's timeout, the function's name, cost 1).
         """
         current = self._options
+        name = current.name if isinstance(name, _Keep) else (name or "")
+        checked = Execute(  # validates and normalises (a priority by name, a timeout as float)
+            _options_only,
+            key=current.key if isinstance(key, _Keep) else key,
+            priority=(
+                current.priority
+                if isinstance(priority, _Keep)
+                else Priority.NORMAL
+                if priority is None
+                else Priority.parse(priority)
+            ),
+            timeout=current.timeout if isinstance(timeout, _Keep) else timeout,
+            name=name,
+            cost=current.cost if isinstance(cost, _Keep) else (1 if cost is None else cost),
+        )
         return PipelineView(
             self._pipeline,
             _Options(
-                key=current.key if isinstance(key, _Keep) else key,
-                priority=(
-                    current.priority
-                    if isinstance(priority, _Keep)
-                    else Priority.NORMAL
-                    if priority is None
-                    else Priority.parse(priority)
-                ),
-                timeout=current.timeout if isinstance(timeout, _Keep) else timeout,
-                name=current.name if isinstance(name, _Keep) else (name or ""),
-                cost=current.cost if isinstance(cost, _Keep) else (1 if cost is None else cost),
+                key=checked.key,
+                priority=checked.priority,
+                timeout=checked.timeout,
+                name=name,
+                cost=checked.cost,
             ),
         )
 

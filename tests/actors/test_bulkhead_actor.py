@@ -253,22 +253,26 @@ def test_waiting_operations_fail_when_the_bulkhead_stops(rt):
     stopper.join(10)
 
 
-def test_a_crashed_worker_is_replaced(rt):
+def test_a_crashed_worker_is_replaced(rt, monkeypatch):
+    from garrison._ref import actor_of  # noqa: PLC0415
+    from garrison.actors import bulkhead as module  # noqa: PLC0415
+
     ref = bulkhead(rt, max_workers=1)
     assert ref.ask(Execute(lambda: 1), timeout=5) == 1
-    # a worker only crashes on a bug of its own; simulate one with a message it cannot take
-    from garrison._ref import actor_of  # noqa: PLC0415
-
-    bulkhead_actor = actor_of(ref.actor_ref)
-    worker = bulkhead_actor._workers[0]
-    worker.actor.on_receive = _crash  # type: ignore[method-assign]
+    first = actor_of(ref.actor_ref)._workers[0]
+    # a worker only crashes on a bug of its own; simulate one in the job it runs
+    monkeypatch.setattr(module._Job, "run", _crash)
     with pytest.raises(RuntimeError, match="worker bug"):
         ref.ask(Execute(int), timeout=5)
+    monkeypatch.undo()
     ref.settle(5)
     assert ref.ask(Execute(lambda: "replaced"), timeout=5) == "replaced"
+    workers = actor_of(ref.actor_ref)._workers
+    assert len(workers) == 1
+    assert workers[0] is not first
 
 
-def _crash(message: Any) -> Any:
+def _crash(*_args: Any) -> Any:
     raise RuntimeError("worker bug")
 
 

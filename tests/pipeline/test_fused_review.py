@@ -107,22 +107,21 @@ def test_a_fast_path_start_does_not_overtake_an_execute_still_in_the_host_mailbo
     bulkhead = _host(api).stages[0]
     assert isinstance(bulkhead, BulkheadActor)
     started: list[int] = []
-    release_first = threading.Event()
 
     def op(n: int) -> int:
         started.append(n)
-        if n == 1:
-            release_first.wait(WAIT)
         return n
 
-    first = api.submit(op, 1)  # started from this thread: the worker is free
-    entered, release_host = _gate(bulkhead, "handle_execute")
-    second = api.submit(op, 2)  # no slot: sent to the host, which is held before handling it
-    assert entered.wait(WAIT)
-    release_first.set()
-    assert first.get(WAIT) == 1
-    third = api.submit(op, 3)  # the slot is free again, but the second is still on its way
+    assert api.call(op, 1) == 1  # started from this thread: the worker is free
+    entered, release_host = _gate(bulkhead, "status")
+    asking = threading.Thread(target=api.status)
+    asking.start()
+    assert entered.wait(WAIT)  # the host is busy
+    second: Future[Any] = Future()
+    api.ref.forward(api.execute(op, 2), second)  # so this waits in its mailbox
+    third = api.submit(op, 3)  # a worker is free, but the second is still on its way
     release_host.set()
+    asking.join(WAIT)
     assert second.get(WAIT) == 2
     assert third.get(WAIT) == 3
     # One sender, one stage: the bulkhead must start them in the order they were sent.

@@ -171,6 +171,10 @@ class StagePort(Mailbox):
     def release(self, owner: object, reason: str) -> None:
         pass
 
+    def all_handled(self) -> bool:
+        """True when the host has handled everything sent to it (to any of its stages)."""
+        return self.host.mailbox.all_handled()
+
     def empty(self) -> bool:
         """True when the host has nothing queued (for any of its stages)."""
         return self.host.mailbox.empty() and not self.host.run_queue

@@ -12,7 +12,7 @@ from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 
-__all__ = ["copy_outcome", "is_coroutine_operation", "run_operation"]
+__all__ = ["copy_outcome", "is_coroutine_operation", "run_coroutine", "run_operation"]
 
 
 def run_operation(
@@ -31,7 +31,7 @@ def run_operation(
         reply.try_set_exception(error)
         return None
     if inspect.iscoroutine(result):
-        return _run_coroutine(result, reply, loop)
+        return run_coroutine(result, reply, loop)
     reply.try_set_result(result)
     return None
 
@@ -54,9 +54,10 @@ def is_coroutine_operation(message: Execute) -> bool:
     )
 
 
-def _run_coroutine(
+def run_coroutine(
     coro: Any, reply: Future[Any], loop: EventLoopThread | None
 ) -> concurrent.futures.Future[Any] | None:
+    """Run the coroutine object ``coro`` on ``loop``; its outcome completes ``reply``."""
     if loop is None:
         coro.close()
         reply.try_set_exception(

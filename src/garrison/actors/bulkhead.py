@@ -41,6 +41,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import heapq
+import inspect
 import itertools
 import math
 import threading
@@ -61,13 +62,23 @@ from garrison._ref import Ref, actor_of
 from garrison._scheduler import Scheduler, TimerHandle
 from garrison._spawn import start_actor, stop_and_join
 from garrison._validate import require_int
-from garrison.actors._run import copy_outcome, is_coroutine_operation, run_operation
+from garrison.actors._run import is_coroutine_operation, run_coroutine, run_operation
 from garrison.actors._stage import Stage
-from garrison.actors.worker import WorkerActor
+from garrison.actors.worker import Job, WorkerActor
 from garrison.errors import ActorUnavailable, BulkheadFull, ConfigError
 from garrison.observability.events import emit
 
 __all__ = ["Abandon", "BulkheadActor", "BulkheadConfig"]
+
+_Outcome = tuple[Future[Any], Any, BaseException | None]
+"""An operation's reply, and its value or error."""
+
+
+def _answer(reply: Future[Any], value: Any, error: BaseException | None) -> None:
+    if error is None:
+        reply.try_set_result(value)
+    else:
+        reply.try_set_exception(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,28 +182,65 @@ class _Worker:
 
 
 class _Running:
-    __slots__ = ("abandoned", "inner", "message", "running", "worker")
+    __slots__ = ("abandoned", "job", "message", "running", "worker")
 
-    def __init__(self, message: Execute, inner: Future[Any]) -> None:
+    def __init__(self, message: Execute) -> None:
         self.message = message
-        self.inner = inner
+        self.job: _Job | None = None  # on a worker
         self.worker: _Worker | None = None
-        self.running: concurrent.futures.Future[Any] | None = None
+        self.running: concurrent.futures.Future[Any] | None = None  # a coroutine on the loop
         self.abandoned = False
 
 
-class _Queued:
-    __slots__ = ("done", "message", "order", "reply", "timer")
+class _Job(Job):
+    """An operation for one of a bulkhead's workers: run, book, answer (in the worker)."""
 
-    def __init__(self, message: Execute, reply: Future[Any], order: tuple[int, int]) -> None:
+    __slots__ = ("bulkhead", "finished", "message", "reply", "worker_name")
+
+    def __init__(
+        self, bulkhead: BulkheadActor, message: Execute, reply: Future[Any], worker_name: str
+    ) -> None:
+        self.bulkhead = bulkhead
         self.message = message
         self.reply = reply
-        self.order = order
+        self.worker_name = worker_name
+        self.finished = False
+
+    def run(self, loop: EventLoopThread | None) -> None:
+        """Run the operation; the bulkhead books it before its caller gets the outcome."""
+        try:
+            result = self.message.run()
+        except BaseException as error:  # the operation's failure is its outcome
+            self.finished = True
+            self.bulkhead._finished(self.reply, None, error)
+            return
+        if inspect.iscoroutine(result):  # a plain function returned a coroutine: on the loop
+            inner: Future[Any] = Future()
+            inner.add_done_callback(functools.partial(self.bulkhead._completed, self.reply))
+            run_coroutine(result, inner, loop)
+            return
+        self.finished = True
+        self.bulkhead._finished(self.reply, result, None)
+
+    def refused(self, reason: str) -> None:
+        """The worker ended before running it: the caller gets ActorUnavailable."""
+        self.crashed(ActorUnavailable(self.worker_name, reason))
+
+    def crashed(self, error: BaseException) -> None:
+        """The worker failed to run it: the caller gets ``error`` (once, whatever happens)."""
+        if not self.finished:
+            self.finished = True
+            self.bulkhead._finished(self.reply, None, error)
+
+
+class _Queued:
+    __slots__ = ("done", "message", "reply", "timer")
+
+    def __init__(self, message: Execute, reply: Future[Any]) -> None:
+        self.message = message
+        self.reply = reply
         self.timer: TimerHandle | None = None
         self.done = False
-
-    def __lt__(self, other: _Queued) -> bool:
-        return self.order < other.order
 
 
 class BulkheadActor(Stage):
@@ -215,11 +263,13 @@ class BulkheadActor(Stage):
             raise TypeError(f"config must be a BulkheadConfig, got {config!r}")
         super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         self.config = config
+        self._concurrency = config.concurrency
         self.name = name if name is not None else ""
         self._workers: list[_Worker] = []
         self._idle: deque[_Worker] = deque()
         self._running: dict[Future[Any], _Running] = {}
-        self._queue: list[_Queued] = []
+        # (priority, arrival, entry): ordered by tuple comparison, in C
+        self._queue: list[tuple[int, int, _Queued]] = []
         self._queued: dict[Future[Any], _Queued] = {}
         self._seq = itertools.count()
         self._names = itertools.count(1)
@@ -231,7 +281,7 @@ class BulkheadActor(Stage):
         self.wait_timeouts = 0
         self._lock = threading.RLock()
         self._closed = False
-        self._launches: deque[tuple[Ref, Execute, Future[Any]]] = deque()
+        self._launches: deque[tuple[Ref, _Job]] = deque()
         # Replies of operations try_admit turned away (their callers send them to the actor)
         # and the actor has not handled yet: none may be overtaken by a later try_admit.
         self._detoured: set[Future[Any]] = set()
@@ -284,7 +334,7 @@ class BulkheadActor(Stage):
         # Running operations still answer their callers (their completion does that).
         with self._lock:
             self._closed = True
-            waiting = [entry for entry in self._queue if not entry.done]
+            waiting = [entry for _, _, entry in self._queue if not entry.done]
             for entry in waiting:
                 entry.done = True
                 if entry.timer is not None:
@@ -298,7 +348,7 @@ class BulkheadActor(Stage):
             busy = {
                 id(record.worker)
                 for record in self._running.values()
-                if record.worker is not None and not record.inner.done()
+                if record.worker is not None and record.job is not None and not record.job.finished
             }
         for entry in waiting:
             entry.reply.try_set_exception(ActorUnavailable(self.mailbox.name, reason))
@@ -352,54 +402,57 @@ class BulkheadActor(Stage):
     # -- admission ----------------------------------------------------------------------------
 
     def try_admit(self, message: Execute, reply: Future[Any]) -> bool:
-        """Start ``message`` from the calling thread if it can start now; else return False.
+        """Admit ``message`` from the calling thread: start it, queue it or refuse it.
 
-        False means: send it to the actor (which queues or refuses it). Safe from any thread.
-        An operation never starts ahead of one turned away before it and still on its way to
-        the actor (per-sender order).
+        Returns False, having done nothing, when the caller must send it to the actor
+        instead: the bulkhead has closed, or messages sent to it earlier (operations turned
+        away before, anything in its mailbox) are still on their way (none may be overtaken:
+        per-sender order). Safe from any thread; for a fused bulkhead, whose mailbox counts
+        what it handled.
         """
-        if self._queued or self._detoured or self._in_flight >= self.config.concurrency:
-            self._detoured.add(reply)  # a racy first look, to leave the lock alone when busy
+        mailbox = self.mailbox
+        if self._detoured or not mailbox.all_handled():  # a racy first look, lock-free
+            self._detoured.add(reply)
             return False
         with self._lock:
-            if (
-                self._closed
-                or self._queued
-                or self._detoured
-                or self._stuck > self.config.abandon_cap
-                or not self._can_start(message)
-            ):
+            if self._closed or self._detoured or not mailbox.all_handled():
                 self._detoured.add(reply)
                 return False
-            self._start(message, reply)
-        self._launch()
+            why = self._admit(message, reply)
+        if why:
+            self._refuse(reply, why)
+        else:
+            self._launch()
         return True
 
     def handle_execute(self, message: Execute, reply: Future[Any]) -> None:
         """Run ``message`` now, queue it, or refuse it with BulkheadFull."""
         with self._lock:
             self._detoured.discard(reply)
-            if self._stuck > self.config.abandon_cap and self.downstream is None:
-                why = "too many workers are stuck in abandoned calls"
-            elif self._can_start(message):
-                self._start(message, reply)
-                why = ""
-            elif len(self._queued) >= self.config.max_queue:
-                why = "no slot is free and the queue is full"
-            else:
-                entry = _Queued(message, reply, (int(message.priority), next(self._seq)))
-                heapq.heappush(self._queue, entry)
-                self._queued[reply] = entry
-                if self.config.max_wait is not None:
-                    entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
-                return
+            why = self._admit(message, reply)
         if why:
             self._refuse(reply, why)
         else:
             self._launch()
 
+    def _admit(self, message: Execute, reply: Future[Any]) -> str:
+        """Start or queue ``message`` (under the lock); return why it is refused, or ""."""
+        if self._stuck > self.config.abandon_cap and self.downstream is None:
+            return "too many workers are stuck in abandoned calls"
+        if self._can_start(message):
+            self._start(message, reply)
+            return ""
+        if len(self._queued) >= self.config.max_queue:
+            return "no slot is free and the queue is full"
+        entry = _Queued(message, reply)
+        heapq.heappush(self._queue, (int(message.priority), next(self._seq), entry))
+        self._queued[reply] = entry
+        if self.config.max_wait is not None:
+            entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
+        return ""
+
     def _can_start(self, message: Execute) -> bool:
-        if self._in_flight >= self.config.concurrency:
+        if self._in_flight >= self._concurrency:
             return False
         return bool(self.downstream is not None or self._idle or is_coroutine_operation(message))
 
@@ -412,35 +465,37 @@ class BulkheadActor(Stage):
 
     def _start(self, message: Execute, reply: Future[Any]) -> None:
         self._in_flight += 1
+        record = _Running(message)
+        self._running[reply] = record
+        if self.downstream is None and not is_coroutine_operation(message):
+            worker = self._idle.pop()  # the last to finish: its thread is likely still awake
+            record.worker = worker
+            record.job = job = _Job(self, message, reply, worker.ref.name)
+            # Sent once the lock is released (by whichever thread gets there first).
+            self._launches.append((worker.ref, job))
+            return
         inner: Future[Any] = Future()
         inner.meta = reply.meta
-        record = _Running(message, inner)
-        self._running[reply] = record
         inner.add_done_callback(functools.partial(self._completed, reply))
         if self.downstream is not None:
             self.downstream.forward(message, inner)
-        elif is_coroutine_operation(message):
-            record.running = run_operation(message, inner, self.loop)
         else:
-            worker = self._idle.popleft()
-            record.worker = worker
-            # Sent once the lock is released (by whichever thread gets there first).
-            self._launches.append((worker.ref, message, inner))
+            record.running = run_operation(message, inner, self.loop)
 
     def _launch(self) -> None:
         """Hand the operations started under the lock to their workers."""
         launches = self._launches
         while launches:
             try:
-                ref, message, inner = launches.popleft()
+                ref, job = launches.popleft()
             except IndexError:  # another thread took the last one
                 return
-            ref.forward(message, inner)
+            ref.tell(job)
 
     def _start_waiting(self) -> None:
         queue = self._queue
         while queue:
-            head = queue[0]
+            head = queue[0][2]
             if head.done:
                 heapq.heappop(queue)
                 continue
@@ -459,6 +514,10 @@ class BulkheadActor(Stage):
     # -- completion, timeouts, abandonment ----------------------------------------------------
 
     def _completed(self, reply: Future[Any], inner: Future[Any]) -> None:
+        """An operation run downstream or on the loop finished: book it, then answer."""
+        self._finished(reply, inner._value, inner._error)
+
+    def _finished(self, reply: Future[Any], value: Any, error: BaseException | None) -> None:
         """An operation finished (in the thread that finished it): book it, then answer.
 
         An operation that finishes as it starts (a coroutine function that cannot be called,
@@ -466,30 +525,30 @@ class BulkheadActor(Stage):
         it, so a queue of such operations never nests bookings (nor overflows the stack).
         """
         booking = self._booking
-        later: deque[tuple[Future[Any], Future[Any]]] | None = getattr(booking, "later", None)
+        later: deque[_Outcome] | None = getattr(booking, "later", None)
         if later is not None:
-            later.append((reply, inner))
+            later.append((reply, value, error))
             return
-        booking.later = later = deque([(reply, inner)])
+        booking.later = later = deque([(reply, value, error)])
         try:
             while later:
                 self._book(*later.popleft())
         finally:
             booking.later = None
-            for left_reply, left_inner in later:  # a bookkeeping error escaped: still answer
-                copy_outcome(left_inner, left_reply)
+            for outcome in later:  # a bookkeeping error escaped: still answer
+                _answer(*outcome)
 
-    def _book(self, reply: Future[Any], inner: Future[Any]) -> None:
+    def _book(self, reply: Future[Any], value: Any, error: BaseException | None) -> None:
         try:
             self._complete(reply)
             self._launch()
-        except BaseException as error:
+        except BaseException as failure:
             # The caller still gets its outcome; the actor crashes in its own thread.
-            copy_outcome(inner, reply)
-            if not self.mailbox.try_put(Envelope(_BookkeepingFailed(error))):
+            _answer(reply, value, error)
+            if not self.mailbox.try_put(Envelope(_BookkeepingFailed(failure))):
                 raise
             return
-        copy_outcome(inner, reply)
+        _answer(reply, value, error)
 
     def _complete(self, reply: Future[Any]) -> None:
         with self._lock:

@@ -4,12 +4,38 @@ from __future__ import annotations
 
 from typing import Any
 
+from pykka._envelope import Envelope
+
 from garrison._actor import Actor
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 from garrison.actors._run import run_operation
 
-__all__ = ["WorkerActor"]
+__all__ = ["Job", "WorkerActor"]
+
+
+class Job:
+    """Work told to a :class:`WorkerActor` by its owner: the worker calls ``run(loop)``.
+
+    A bulkhead sends its workers jobs rather than Executes with reply futures: the job runs
+    the operation, books it with the bulkhead and answers the caller, with no future of its
+    own in between. ``run`` must give the operation its outcome and never raise;
+    ``refused`` must do so when the worker is gone before running it.
+    """
+
+    __slots__ = ()
+
+    def run(self, loop: EventLoopThread | None) -> None:
+        """Run the work in the worker's thread."""
+        raise NotImplementedError
+
+    def refused(self, reason: str) -> None:
+        """The worker stopped before running this."""
+        raise NotImplementedError
+
+    def crashed(self, error: BaseException) -> None:
+        """The worker crashed running this (a bug of the worker's, not the operation's)."""
+        raise NotImplementedError
 
 
 class WorkerActor(Actor):
@@ -24,8 +50,22 @@ class WorkerActor(Actor):
         super().__init__()
         self._loop = loop
 
+    def _receive(self, envelope: Envelope[Any]) -> None:
+        message = envelope.message
+        if isinstance(message, Job) and envelope.reply_to is None:
+            try:  # the common case, without the receive loop's bookkeeping
+                message.run(self._loop)
+            except BaseException as error:  # a bug: the worker crashes, the job gets the error
+                self._crash(None, error)
+                message.crashed(error)
+            return
+        super()._receive(envelope)
+
     def on_receive(self, message: Any) -> Any:
         """Run an Execute; refuse anything else with a TypeError reply."""
+        if isinstance(message, Job):  # asked, not told: its outcome goes elsewhere anyway
+            message.run(self._loop)
+            return None
         if not isinstance(message, Execute):
             return super().on_receive(message)
         run_operation(message, self.defer(), self._loop)
