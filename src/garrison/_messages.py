@@ -147,7 +147,11 @@ class Execute:
         set_field(message, "key", key)
         set_field(message, "priority", priority)
         set_field(message, "timeout", timeout)
-        set_field(message, "name", name or _name_of(fn))
+        if not name:
+            name = getattr(fn, "__qualname__", "")
+            if type(name) is not str or not name:
+                name = _name_of(fn)
+        set_field(message, "name", name)
         set_field(message, "cost", cost)
         return message
 

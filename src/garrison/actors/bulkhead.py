@@ -41,13 +41,13 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import heapq
-import inspect
 import itertools
 import math
 import threading
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import CoroutineType
 from typing import Any
 
 import pykka
@@ -195,15 +195,15 @@ class _Running:
 class _Job(Job):
     """An operation for one of a bulkhead's workers: run, book, answer (in the worker)."""
 
-    __slots__ = ("bulkhead", "finished", "message", "reply", "worker_name")
+    __slots__ = ("bulkhead", "finished", "message", "reply", "worker")
 
     def __init__(
-        self, bulkhead: BulkheadActor, message: Execute, reply: Future[Any], worker_name: str
+        self, bulkhead: BulkheadActor, message: Execute, reply: Future[Any], worker: _Worker
     ) -> None:
         self.bulkhead = bulkhead
         self.message = message
         self.reply = reply
-        self.worker_name = worker_name
+        self.worker = worker
         self.finished = False
 
     def run(self, loop: EventLoopThread | None) -> None:
@@ -214,7 +214,7 @@ class _Job(Job):
             self.finished = True
             self.bulkhead._finished(self.reply, None, error)
             return
-        if inspect.iscoroutine(result):  # a plain function returned a coroutine: on the loop
+        if isinstance(result, CoroutineType):  # a plain function returned one: on the loop
             inner: Future[Any] = Future()
             inner.add_done_callback(functools.partial(self.bulkhead._completed, self.reply))
             run_coroutine(result, inner, loop)
@@ -224,7 +224,7 @@ class _Job(Job):
 
     def refused(self, reason: str) -> None:
         """The worker ended before running it: the caller gets ActorUnavailable."""
-        self.crashed(ActorUnavailable(self.worker_name, reason))
+        self.crashed(ActorUnavailable(self.worker.ref.name, reason))
 
     def crashed(self, error: BaseException) -> None:
         """The worker failed to run it: the caller gets ``error`` (once, whatever happens)."""
@@ -410,18 +410,28 @@ class BulkheadActor(Stage):
         per-sender order). Safe from any thread; for a fused bulkhead, whose mailbox counts
         what it handled.
         """
-        mailbox = self.mailbox
-        if self._detoured or not mailbox.all_handled():  # a racy first look, lock-free
+        # Once all this sender sent before is handled, it stays handled: one look will do.
+        if self._detoured or not self.actor_inbox.all_handled():  # type: ignore[attr-defined]
             self._detoured.add(reply)
             return False
         with self._lock:
-            if self._closed or self._detoured or not mailbox.all_handled():
+            if self._closed or self._detoured:
                 self._detoured.add(reply)
                 return False
-            why = self._admit(message, reply)
+            if (
+                self._idle
+                and self._in_flight < self._concurrency
+                and self.downstream is None
+                and self._stuck <= self.config.abandon_cap
+                and not is_coroutine_operation(message)
+            ):
+                self._start_job(message, reply)  # the common case, in short
+                why = ""
+            else:
+                why = self._admit(message, reply)
         if why:
             self._refuse(reply, why)
-        else:
+        elif self._launches:
             self._launch()
         return True
 
@@ -464,16 +474,12 @@ class BulkheadActor(Stage):
         emit("garrison.bulkhead.rejected", level="debug", bulkhead=self.name, reason=why)
 
     def _start(self, message: Execute, reply: Future[Any]) -> None:
+        if self.downstream is None and not is_coroutine_operation(message):
+            self._start_job(message, reply)
+            return
         self._in_flight += 1
         record = _Running(message)
         self._running[reply] = record
-        if self.downstream is None and not is_coroutine_operation(message):
-            worker = self._idle.pop()  # the last to finish: its thread is likely still awake
-            record.worker = worker
-            record.job = job = _Job(self, message, reply, worker.ref.name)
-            # Sent once the lock is released (by whichever thread gets there first).
-            self._launches.append((worker.ref, job))
-            return
         inner: Future[Any] = Future()
         inner.meta = reply.meta
         inner.add_done_callback(functools.partial(self._completed, reply))
@@ -481,6 +487,17 @@ class BulkheadActor(Stage):
             self.downstream.forward(message, inner)
         else:
             record.running = run_operation(message, inner, self.loop)
+
+    def _start_job(self, message: Execute, reply: Future[Any]) -> None:
+        """Give ``message`` to an idle worker (under the lock; an idle worker must exist)."""
+        self._in_flight += 1
+        record = _Running(message)
+        self._running[reply] = record
+        worker = self._idle.pop()  # the last to finish: its thread is likely still awake
+        record.worker = worker
+        record.job = job = _Job(self, message, reply, worker)
+        # Sent once the lock is released (by whichever thread gets there first).
+        self._launches.append((worker.ref, job))
 
     def _launch(self) -> None:
         """Hand the operations started under the lock to their workers."""
@@ -529,8 +546,9 @@ class BulkheadActor(Stage):
         if later is not None:
             later.append((reply, value, error))
             return
-        booking.later = later = deque([(reply, value, error)])
+        booking.later = later = deque()
         try:
+            self._book(reply, value, error)
             while later:
                 self._book(*later.popleft())
         finally:
@@ -539,16 +557,21 @@ class BulkheadActor(Stage):
                 _answer(*outcome)
 
     def _book(self, reply: Future[Any], value: Any, error: BaseException | None) -> None:
+        """Free the operation's slot (starting the next waiting one), then answer it."""
         try:
             self._complete(reply)
-            self._launch()
+            if self._launches:
+                self._launch()
         except BaseException as failure:
             # The caller still gets its outcome; the actor crashes in its own thread.
             _answer(reply, value, error)
             if not self.mailbox.try_put(Envelope(_BookkeepingFailed(failure))):
                 raise
             return
-        _answer(reply, value, error)
+        if error is None:
+            reply.try_set_result(value)
+        else:
+            reply.try_set_exception(error)
 
     def _complete(self, reply: Future[Any]) -> None:
         with self._lock:
@@ -561,7 +584,8 @@ class BulkheadActor(Stage):
                 if worker is not None and not (worker.retired or worker.dead):
                     self._idle.append(worker)
             self.completed += 1
-            self._start_waiting()
+            if self._queue:
+                self._start_waiting()
 
     def _wait_expired(self, reply: Future[Any]) -> None:
         with self._lock:
