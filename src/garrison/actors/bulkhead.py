@@ -23,11 +23,12 @@ rather than threads piling up.
 **Where the work happens.** The bulkhead's state sits behind a small lock, so completions
 are booked in the thread that completes the operation (the worker's): the slot is free and
 the next waiting operation started before the caller gets its outcome, with no message to
-the bulkhead in between. :meth:`BulkheadActor.try_admit` lets a caller start an operation
-from its own thread when a slot and a worker are free (pipelines whose outermost stage is
+the bulkhead in between. A worker is sent a job, not an Execute with a future: it runs the
+operation, books it and answers the caller. :meth:`BulkheadActor.try_admit` lets a caller
+start, queue or refuse an operation from its own thread (pipelines whose outermost stage is
 the bulkhead do), so an operation costs a caller -> worker -> caller round trip, as with a
-thread pool. Everything else (queueing, rejections, timers, abandonment, worker exits) is
-handled by the actor, under the same lock. A bug in the completion bookkeeping crashes the
+thread pool. Everything else (timers, abandonment, worker exits) is handled by the actor,
+under the same lock. A bug in the completion bookkeeping crashes the
 actor (in its own thread, so its supervisor sees it) after the caller got the outcome.
 
 A worker that crashes (a bug in the worker, not an operation's error) is replaced; its
