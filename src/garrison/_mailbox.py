@@ -133,6 +133,10 @@ class Mailbox:
         self.refuse(envelope, reason)
         return False
 
+    def post(self, message: Any, reply: Any) -> bool:
+        """:meth:`offer` ``Envelope(message, reply)`` (an inbox may take it without one)."""
+        return self.offer(Envelope(message, reply))
+
     def offer_behind(self, envelope: Envelope[Any]) -> bool:
         """:meth:`offer`, stated for a message an actor sends itself to be handled after
         everything already queued (a fused stage's port routes it behind its host's backlog).

@@ -78,6 +78,10 @@ class Ref:
         A stage forwards an operation with its caller's future this way, so it never
         waits for the next stage (DESIGN.md rule 1).
         """
+        inbox = self._inbox
+        if type(self) is Ref and isinstance(inbox, Mailbox):
+            inbox.post(message, reply)
+            return
         self._send(Envelope(message, reply_to=reply))
 
     def stop(self, timeout: float | None = 5.0) -> bool:

@@ -105,7 +105,8 @@ class _HeapScheduler:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._heap: list[TimerHandle] = []
+        # (due, seq, handle): ordered by tuple comparison, in C
+        self._heap: list[tuple[float, int, TimerHandle]] = []
         self._seq = itertools.count()
         self._cancelled = 0
         self._lock = threading.Lock()
@@ -135,11 +136,11 @@ class _HeapScheduler:
         with self._lock:
             if self._stopped:
                 raise RuntimeError("the scheduler has stopped")
-            handle = TimerHandle(
-                self._clock.monotonic() + delay, next(self._seq), target, message, self
-            )
-            heapq.heappush(self._heap, handle)
-            earliest = self._heap[0] is handle
+            due = self._clock.monotonic() + delay
+            seq = next(self._seq)
+            handle = TimerHandle(due, seq, target, message, self)
+            heapq.heappush(self._heap, (due, seq, handle))
+            earliest = self._heap[0][2] is handle
         if earliest:
             self._wake()
         return handle
@@ -153,13 +154,13 @@ class _HeapScheduler:
         """When the earliest pending timer falls due, or None."""
         with self._lock:
             self._drop_cancelled_head()
-            return self._heap[0].due if self._heap else None
+            return self._heap[0][0] if self._heap else None
 
     def stop(self) -> None:
         """Cancel every pending timer."""
         with self._lock:
             self._stopped = True
-            for handle in self._heap:
+            for _, _, handle in self._heap:
                 handle.cancelled = True
             self._heap.clear()
             self._cancelled = 0
@@ -167,15 +168,15 @@ class _HeapScheduler:
     def _pop_due(self, now: float) -> TimerHandle | None:
         with self._lock:
             self._drop_cancelled_head()
-            if self._heap and self._heap[0].due <= now:
-                handle = heapq.heappop(self._heap)
+            if self._heap and self._heap[0][0] <= now:
+                handle = heapq.heappop(self._heap)[2]
                 handle.fired = True
                 return handle
             return None
 
     def _drop_cancelled_head(self) -> None:
         heap = self._heap
-        while heap and heap[0].cancelled:
+        while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
             self._cancelled -= 1
 
@@ -186,7 +187,7 @@ class _HeapScheduler:
             handle.cancelled = True
             self._cancelled += 1
             if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-                self._heap = [h for h in self._heap if not h.cancelled]
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
                 heapq.heapify(self._heap)
                 self._cancelled = 0
             return True
@@ -219,7 +220,8 @@ class ThreadScheduler(_HeapScheduler):
 
     def schedule(self, delay: float, target: Target, message: Any) -> TimerHandle:
         """Tell ``message`` to ``target`` after ``delay`` seconds (at once if ``delay <= 0``)."""
-        if isinstance(delay, int | float) and math.isfinite(delay) and delay > 0:
+        started = self._thread is not None
+        if not started and isinstance(delay, int | float) and math.isfinite(delay) and delay > 0:
             self._ensure_thread()
         return super().schedule(delay, target, message)
 
@@ -244,11 +246,11 @@ class ThreadScheduler(_HeapScheduler):
                 if not self._heap:
                     self._condition.wait()
                     continue
-                wait = self._heap[0].due - clock.monotonic()
+                wait = self._heap[0][0] - clock.monotonic()
                 if wait > 0:
                     self._condition.wait(min(wait, threading.TIMEOUT_MAX))
                     continue
-                handle = heapq.heappop(self._heap)
+                handle = heapq.heappop(self._heap)[2]
                 handle.fired = True
             self._fire(handle)
 

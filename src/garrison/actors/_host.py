@@ -128,9 +128,18 @@ class StagePort(Mailbox):
             return False
         host = self.host
         if host._ident == threading.get_ident():  # on_host_thread(), inlined: the hot path
-            host.run_queue.append((self.index, envelope))
+            host.run_queue.append((self.index, envelope.message, envelope.reply_to))
             return True
         return host.mailbox.offer(Envelope(ToStage(self, envelope.message), envelope.reply_to))
+
+    def post(self, message: Any, reply: Any) -> bool:
+        """:meth:`offer` of ``Envelope(message, reply)``, without the envelope on the host's
+        thread (where every stage-to-stage send of an operation is made)."""
+        host = self.host
+        if host._ident == threading.get_ident() and not self.stopped:
+            host.run_queue.append((self.index, message, reply))
+            return True
+        return self.offer(Envelope(message, reply))
 
     def offer_behind(self, envelope: Envelope[Any]) -> bool:
         """Hand ``envelope`` to the stage behind everything queued for the host.
@@ -150,7 +159,7 @@ class StagePort(Mailbox):
             return False
         host = self.host
         if host._ident == threading.get_ident():
-            host.run_queue.append((self.index, envelope))
+            host.run_queue.append((self.index, envelope.message, envelope.reply_to))
             return True
         if getattr(envelope.message, "handled_by_sender", False) and host.run_inline(
             self.index, envelope
@@ -204,12 +213,12 @@ class StageHost(Actor):
         services = {key: value for key, value in services.items() if value is not None}
         if not stages:
             raise ValueError("a StageHost needs at least one stage")
-        self.run_queue: deque[tuple[int, Envelope[Any]]] = deque()
+        self.run_queue: deque[tuple[int, Any, Any]] = deque()  # (stage, message, reply)
         self._ident: int | None = None  # the thread holding the turn, if any
         self._turn = threading.Lock()
         self._inline = False  # other threads may take the turn (the host runs, all stages allow)
         self._inline_error: BaseException | None = None
-        self._crashed_item: tuple[Stage, Envelope[Any]] | None = None
+        self._crashed_item: tuple[Stage, Any, Any] | None = None  # (stage, message, reply)
         self._restored: dict[str, Any] = {}
         self.names = tuple(spec.name for spec in stages)
         built: list[Stage] = []
@@ -250,7 +259,7 @@ class StageHost(Actor):
                 return False
             self._ident = threading.get_ident()
             try:
-                self._dispatch(index, envelope)
+                self._dispatch(index, envelope.message, envelope.reply_to)
                 self._drain()
             except BaseException as error:
                 self._crashed_inline(error)
@@ -432,31 +441,20 @@ class StageHost(Actor):
         if message is _INLINE_CRASHED:
             return None  # a predecessor's wake-up, left over
         if type(message) is ToStage:
-            self._dispatch(message.port.index, Envelope(message.message, envelope.reply_to))
+            self._dispatch(message.port.index, message.message, envelope.reply_to)
         else:
-            self._dispatch(0, envelope)
+            self._dispatch(0, message, envelope.reply_to)
         self._drain()
         return None
 
     def _drain(self) -> None:
         run_queue = self.run_queue
+        dispatch = self._dispatch
         while run_queue:
-            index, envelope = run_queue.popleft()
-            self._dispatch(index, envelope)
+            dispatch(*run_queue.popleft())
 
-    def _dispatch(self, index: int, envelope: Envelope[Any]) -> None:
+    def _dispatch(self, index: int, message: Any, reply: Any) -> None:
         stage = self.stages[index]
-        message = envelope.message
-        reply = envelope.reply_to
-        if message is PING:
-            if reply is not None:
-                reply.set(None)
-            return
-        if type(message) is messages._ActorStop:
-            stage_name = self.names[index]
-            error = TypeError(f"stage {stage_name!r} is fused; it stops with its pipeline")
-            _answer(reply, error)
-            return
         kind = type(message)
         try:
             # The two messages of every operation go straight to their handlers (what the
@@ -468,32 +466,40 @@ class StageHost(Actor):
                 stage._observed(message)
                 return
         except BaseException:
-            self._crashed_item = (stage, envelope)
+            self._crashed_item = (stage, message, reply)
             raise
-        stage._current = envelope
+        if message is PING:
+            if reply is not None:
+                reply.set(None)
+            return
+        if kind is messages._ActorStop:
+            stage_name = self.names[index]
+            error = TypeError(f"stage {stage_name!r} is fused; it stops with its pipeline")
+            _answer(reply, error)
+            return
+        stage._current = Envelope(message, reply)
         stage._deferred = False
         try:
             response = stage._handle_receive(message)
         except BaseException:
             stage._current = None
-            self._crashed_item = (stage, envelope)
+            self._crashed_item = (stage, message, reply)
             raise
         stage._current = None
         if not stage._deferred and reply is not None:
             reply.set(response)
 
-    def _crash_item(self, stage: Stage, envelope: Envelope[Any], error: BaseException) -> None:
+    def _crash_item(self, stage: Stage, message: Any, reply: Any, error: BaseException) -> None:
         """Give the message that crashed a stage its outcome, as a crashing actor would."""
-        reply = envelope.reply_to
         if reply is not None:
             _answer(reply, error)
             return
-        refused = getattr(envelope.message, "refused", None)
+        refused = getattr(message, "refused", None)
         if callable(refused):
             refused("its handler crashed")
         else:
             port = stage.mailbox
-            port.dead_letters.record(port.name, envelope.message, "its handler crashed", error)
+            port.dead_letters.record(port.name, message, "its handler crashed", error)
 
     def _crash(self, envelope: Envelope[Any] | None, error: BaseException) -> None:
         item = self._crashed_item
@@ -513,10 +519,10 @@ class StageHost(Actor):
         run_queue = self.run_queue
         mailbox = self.mailbox
         while run_queue:
-            index, envelope = run_queue.popleft()
+            index, message, reply = run_queue.popleft()
             port = self.stages[index].mailbox
             assert isinstance(port, StagePort)
-            mailbox.offer(Envelope(ToStage(port, envelope.message), envelope.reply_to))
+            mailbox.offer(Envelope(ToStage(port, message), reply))
 
 
 class HostedRef(Ref):

@@ -8,7 +8,7 @@ import inspect
 from types import FunctionType
 from typing import Any
 
-from garrison._future import Future
+from garrison._future import _PENDING, Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 
@@ -86,9 +86,8 @@ def run_coroutine(
 
 def copy_outcome(source: Future[Any], target: Future[Any]) -> bool:
     """Complete ``target`` with ``source``'s outcome (``source`` must be done)."""
-    if not source.done():
+    # Read and completed directly: this runs once per stage per operation.
+    state = source._state
+    if state == _PENDING:
         raise RuntimeError("copy_outcome() needs a completed source future")
-    error = source._error  # read directly: this runs once per stage per operation
-    if error is None:
-        return target.try_set_result(source._value)
-    return target.try_set_exception(error)
+    return target._complete(state, source._value, source._error)
