@@ -120,6 +120,10 @@ class SafeLoop(pykka.Actor):
         """This actor's mailbox."""
         return self.actor_inbox  # type: ignore[return-value]  # a Mailbox: _create_actor_inbox
 
+    def handling_here(self) -> bool:
+        """True when the calling thread is the one handling this actor's messages now."""
+        return self._thread is threading.current_thread()
+
     # -- replies ----------------------------------------------------------------------------
 
     def defer(self) -> Future[Any]:

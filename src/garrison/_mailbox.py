@@ -157,8 +157,11 @@ class Mailbox:
 
     # -- receiving --------------------------------------------------------------------------
 
-    def take(self, owner: object) -> Envelope[Any] | None:
-        """The next envelope for ``owner``, waiting for one; None once ``owner`` is retired."""
+    def take(self, owner: object, *, block: bool = True) -> Envelope[Any] | None:
+        """The next envelope for ``owner``, waiting for one; None once ``owner`` is retired.
+
+        With ``block=False`` it never waits: None also when nothing is queued.
+        """
         while True:
             if self._owner is not owner:
                 return None
@@ -167,7 +170,13 @@ class Mailbox:
                     if self._front and self._owner is owner:
                         return self._front.popleft()
                 continue
-            envelope = self._queue.get()
+            if block:
+                envelope = self._queue.get()
+            else:
+                try:
+                    envelope = self._queue.get_nowait()
+                except queue.Empty:
+                    return None
             if envelope is _WAKE:
                 continue
             if self._owner is not owner:
@@ -177,6 +186,16 @@ class Mailbox:
                     self._queue.put(_WAKE)
                 return None
             return envelope
+
+    def wait(self, owner: object) -> None:
+        """Wait until something is queued for ``owner`` (or it is retired); take nothing."""
+        if self._owner is not owner or self._front:
+            return
+        envelope = self._queue.get()
+        if envelope is _WAKE:
+            return
+        with self._lock:  # kept at the head, as the next message to take
+            self._front.appendleft(envelope)
 
     def get(self) -> Envelope[Any]:
         """Take the next envelope, waiting for one (pykka's protocol; ignores ownership)."""
@@ -189,12 +208,6 @@ class Mailbox:
             envelope = self._queue.get()
             if envelope is not _WAKE:
                 return envelope
-
-    def put_back(self, envelope: Envelope[Any]) -> None:
-        """Return a taken, unhandled ``envelope`` to the head of the queue (for the next reader)."""
-        with self._lock:
-            self._front.appendleft(envelope)
-            self._queue.put(_WAKE)
 
     def mark_handled(self) -> None:
         """A reader that counts says it is done with one envelope it took (see all_handled)."""
@@ -274,6 +287,7 @@ class Mailbox:
                 stops = [e for e in self._front if _is_stop(e)]
                 for envelope in stops:
                     self._front.remove(envelope)
+                self._handled += len(stops)  # answered here: as good as handled
             else:
                 stops = None
         if stops is None:

@@ -105,7 +105,7 @@ class Ref:
         actor = actor_of(self._actor_ref)
         if actor is None or not isinstance(actor, Actor):
             return False
-        if actor._thread is threading.current_thread():
+        if actor._thread is threading.current_thread() or actor.handling_here():
             return False
         try:
             self.ask(PING, timeout)

@@ -280,12 +280,44 @@ def test_mailbox_counts_what_it_took_in_and_what_was_handled() -> None:
     assert mailbox.withdraw(urgent)  # never handled, never will be: it counts as settled
     owner = object()
     mailbox.adopt(owner)
-    taken = mailbox.take(owner)
-    assert taken is first
-    mailbox.put_back(taken)  # still unhandled
-    assert not mailbox.all_handled()
-    assert mailbox.take(owner) is first
+    mailbox.wait(owner)  # something is queued: returns, taking nothing
+    assert mailbox.take(owner, block=False) is first
+    assert not mailbox.all_handled()  # taken, not handled yet
+    assert mailbox.take(owner, block=False) is None  # nothing else queued: no wait either
     mailbox.mark_handled()
     assert mailbox.all_handled()
     assert mailbox.try_put(Envelope("two"))
     assert not mailbox.all_handled()
+
+
+def test_settle_from_a_lent_turn_returns_false_at_once(rt: Runtime) -> None:
+    ref, host = _host(rt, *_pooled("ab"))
+    settled: list[bool] = []
+
+    def settle_here(**_kwargs: Any) -> None:
+        return None
+
+    reply: Future[Any] = Future()
+
+    # a done-callback of a reply completed inside the turn: the caller's own thread here
+    pings: list[int] = []
+
+    def settle(_done: Future[Any]) -> None:
+        sent = host.mailbox._sent
+        settled.append(ref.settle(WAIT))
+        pings.append(host.mailbox._sent - sent)
+
+    reply.add_done_callback(settle)
+    stage = host.stages[0]
+    assert isinstance(stage, Recording)
+    original = stage.handle_execute
+
+    def answer_in_turn(message: Execute, answer: Future[Any]) -> None:
+        original(message, Future())  # the operation still runs; the caller is answered here
+        answer.try_set_result("answered in the turn")
+
+    stage.handle_execute = answer_in_turn  # type: ignore[method-assign]
+    assert host.run_inline(0, Envelope(Execute(settle_here), reply))
+    assert reply.get(WAIT) == "answered in the turn"
+    assert settled == [False]  # at once, not after the timeout: the turn is this thread's
+    assert pings == [0]  # no ping left waiting for this very thread

@@ -1,7 +1,9 @@
 """Adversarial review of turns (a fused host lending its turn to the thread that brings a message).
 
-Tests marked ``xfail(strict=True)`` show bugs of the current code (each names the cause);
-the others pin guarantees that were checked and hold, beyond tests/pipeline/test_turns.py.
+The first group reproduces the bugs the review found (all fixed: a sync fallback callable
+run on event-loop threads, a BaseException escaping into a reporting thread, a retired host
+handling a message its successor owned, stop requests answered without being counted); the
+others pin guarantees that were checked and hold, beyond tests/pipeline/test_turns.py.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from garrison.actors._host import HostedRef, HostedStage, StageHost
 from garrison.actors._run import copy_outcome
 from garrison.actors._stage import Stage
 from garrison.actors.bulkhead import BulkheadActor
-from garrison.actors.fallback import FallbackActor
 from garrison.errors import BulkheadFull
 from garrison.policies.breaker import CircuitBreakerConfig
 from garrison.supervision import ChildSpec, Restart, Supervisor, SupervisorRef
@@ -198,17 +199,10 @@ def _switching(test: Callable[[], None]) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# Bugs (xfail strict: they fail on the current code)
+# Bugs the review found (fixed)
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FallbackActor.runs_inline() is True with a sync fallback callable: a coroutine "
-    "operation's failure is reported on the runtime's event loop thread, which takes the "
-    "idle host's turn and runs the user's fallback there; a fallback that waits for a "
-    "coroutine operation (another pipeline's) then waits for the loop it is blocking",
-)
 def test_a_sync_fallback_never_runs_on_the_runtime_event_loop(rt: Runtime) -> None:
     failure: concurrent.futures.Future[str] = concurrent.futures.Future()
 
@@ -235,12 +229,6 @@ def test_a_sync_fallback_never_runs_on_the_runtime_event_loop(rt: Runtime) -> No
     assert not ran_in[0].endswith("-loop")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="acall runs the idle host's stages in the awaiting event loop's thread; an inline "
-    "rejection (BulkheadFull) reaches the sync fallback callable there, so acall blocks the "
-    "caller's event loop for as long as the user's fallback runs",
-)
 def test_acall_never_runs_a_sync_fallback_on_the_callers_event_loop(rt: Runtime) -> None:
     busy = threading.Event()
     free = threading.Event()
@@ -271,13 +259,6 @@ def test_acall_never_runs_a_sync_fallback_on_the_callers_event_loop(rt: Runtime)
     assert answer is True  # the fallback saw the loop run while acall was pending
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_inline re-raises a BaseException from a lent turn into the reporting "
-    "thread: it escapes BulkheadActor._book and the Future callbacks, and crashes the "
-    "worker that ran the operation as well as the host (a BaseException must crash the "
-    "actor it happened in alone)",
-)
 def test_a_base_exception_in_a_workers_lent_turn_crashes_the_host_alone(rt: Runtime) -> None:
     starts: list[Watch] = []
     ref = _host(rt.supervisor, _watched(starts, workers=1))
@@ -300,16 +281,6 @@ def test_a_base_exception_in_a_workers_lent_turn_crashes_the_host_alone(rt: Runt
     assert not worker._crashed  # ...and none of the worker, whose operation went well
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a caller's done-callback calling sys.exit() runs in a lent turn on the "
-    "runtime's event loop thread (a coroutine operation's outcome); run_inline re-raises "
-    "the SystemExit there and it ends the loop: later coroutine operations never run",
-)
-# while the bug lasts: the loop thread's SystemExit, and the coroutine it never ran
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_a_system_exit_in_a_lent_turn_on_the_event_loop_leaves_the_loop_running() -> None:
     done: concurrent.futures.Future[str] = concurrent.futures.Future()
 
@@ -340,29 +311,25 @@ def test_a_system_exit_in_a_lent_turn_on_the_event_loop_leaves_the_loop_running(
         gc.collect()  # the coroutine a dead loop never ran is reported now, not later
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the host's thread takes a message, then blocks on the turn a lent turn holds; "
-    "if the supervisor retires the host meanwhile (stop timed out), the retired "
-    "incarnation handles that message later with its stale stages, after its successor "
-    "already handled messages the same sender sent after it",
-)
-def test_a_retired_host_never_handles_a_message_it_took_while_waiting_for_its_turn(
+def test_a_retired_host_never_handles_a_message_sent_while_it_waited_for_its_turn(
     rt: Runtime,
 ) -> None:
+    """The host's thread waits for a turn a worker holds; the supervisor retires it (its
+    stop timed out) and a successor takes over: the message that waited is the successor's,
+    handled before what the same sender sent after it, and never by the retired host."""
     entered, release, go = threading.Event(), threading.Event(), threading.Event()
     ran_in: list[threading.Thread] = []
 
-    def slow_fallback(_error: BaseException, _message: Execute) -> str:
+    def slow_callback(_done: Future[Any]) -> None:
+        # Watch answers the caller in the worker's lent turn, where this runs: it holds the
+        # turn (user code should not block there; it can).
         ran_in.append(threading.current_thread())
         entered.set()
         release.wait(WAIT)
-        return "substitute"
 
     starts: list[Watch] = []
     stages = [
         HostedStage("watch", Watch, (starts,)),
-        HostedStage("fallback", FallbackActor, (), {"fallback": slow_fallback}),
         HostedStage("bulkhead", BulkheadActor, (BulkheadConfig(max_workers=2),)),
     ]
     group = rt.supervisor.start_child(
@@ -372,17 +339,16 @@ def test_a_retired_host_never_handles_a_message_it_took_while_waiting_for_its_tu
     ref = _host(group, stages, shutdown_timeout=0.2)
     crasher = group.start_child(ChildSpec("crasher", Crasher))
     old = _current(ref)
-    old_bulkhead = old.stages[2]
+    old_bulkhead = old.stages[1]
     assert isinstance(old_bulkhead, BulkheadActor)
 
     first, second, third = Future[Any](), Future[Any](), Future[Any]()
-    failing = Execute(_after, args=(go, Boom("primary down")), name="first")
-    assert old.run_inline(0, Envelope(failing, first))
-    go.set()  # the worker reports the failure to an idle host: its fallback holds the turn
+    first.add_done_callback(slow_callback)
+    assert old.run_inline(0, Envelope(Execute(_after, args=(go, "first"), name="first"), first))
+    go.set()  # the worker reports the outcome to an idle host: the callback holds its turn
     assert entered.wait(WAIT)
     assert ran_in[0] is not old._thread
-    ref.forward(Execute(_echo, args=("second",), name="second"), second)
-    _until(old.mailbox.empty, "the host's thread took the second operation")
+    ref.forward(Execute(_echo, args=("second",), name="second"), second)  # to the mailbox
     crasher.tell("crash")  # one_for_all: the host is stopped, in vain, then retired
     try:
         new = _restarted(ref, old)
@@ -390,23 +356,19 @@ def test_a_retired_host_never_handles_a_message_it_took_while_waiting_for_its_tu
         assert third.get(WAIT) == "third"
     finally:
         release.set()
-    assert first.get(WAIT) == "substitute"
+    assert first.get(WAIT) == "first"
     assert second.get(WAIT) == "second"
     old._thread.join(WAIT)  # type: ignore[union-attr]
     # a retired incarnation never runs on_stop: its pool is ours to stop
     for worker in old_bulkhead._workers:
         stop_and_join(worker.ref, WAIT)
-    watch_new = new.stages[0]
+    watch_old, watch_new = old.stages[0], new.stages[0]
+    assert isinstance(watch_old, Watch)
     assert isinstance(watch_new, Watch)
+    assert watch_old.seen == ["first"]
     assert watch_new.seen == ["second", "third"]  # the current incarnation, in order
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Mailbox.release drops stop requests of a suspended mailbox (answering them) "
-    "without counting them handled: the next incarnation's all_handled() stays False "
-    "forever and the host never lends its turn again",
-)
 def test_a_stop_answered_by_release_keeps_the_mailbox_counts_balanced() -> None:
     mailbox = Mailbox("m")
     owner = object()
@@ -420,12 +382,6 @@ def test_a_stop_answered_by_release_keeps_the_mailbox_counts_balanced() -> None:
     assert mailbox.all_handled()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a one_for_all restart's stop request reaches a host that is crashing: "
-    "Mailbox.release answers it without counting it, so the restarted host never lends "
-    "its turn again (see test_a_stop_answered_by_release_keeps_the_mailbox_counts_balanced)",
-)
 def test_a_host_crashing_while_its_group_restarts_lends_its_turn_again(rt: Runtime) -> None:
     starts: list[Watch] = []
     group = rt.supervisor.start_child(
@@ -461,7 +417,7 @@ def test_a_base_exception_in_a_callers_lent_turn_reaches_the_caller_and_crashes_
     reply: Future[Any] = Future()
     message = Execute(_echo, name="doomed", kwargs={"interrupt": "execute"})
     with pytest.raises(Interrupt):  # as a Ctrl-C in the caller's thread would
-        host.run_inline(0, Envelope(message, reply))
+        host.run_inline(0, Envelope(message, reply), reraise=True)
     assert isinstance(reply.exception(WAIT), Interrupt)  # the crashing message's outcome
     _restarted(ref, host)
     assert ref.ask(Execute(_echo, args=("after",)), WAIT) == "after"
@@ -553,16 +509,18 @@ def test_a_pipeline_stopped_during_a_lent_turn_answers_every_operation(rt: Runti
     entered, release, go = threading.Event(), threading.Event(), threading.Event()
     ran_in: list[threading.Thread] = []
 
-    def slow_fallback(_error: BaseException, _message: Execute) -> str:
+    def slow_callback(_done: Future[Any]) -> None:
+        # The breaker answers the caller in the worker's lent turn: a done-callback on the
+        # caller's future runs there and holds the turn (user code should not; it can).
         ran_in.append(threading.current_thread())
         entered.set()
         release.wait(WAIT)
-        return "substitute"
 
-    api = rt.pipeline("api", fallback=slow_fallback)
-    assert api.stages["fallback"].settle(WAIT)  # started: the host is idle
+    api = rt.pipeline("api", circuit_breaker=CircuitBreakerConfig())
+    assert api.stages["circuit_breaker"].settle(WAIT)  # started: the host is idle
     host = _current(api.stages["bulkhead"].host)  # type: ignore[attr-defined]
-    first = api.submit(_after, go, Boom("primary down"))
+    first = api.submit(_after, go, "first")
+    first.add_done_callback(slow_callback)
     go.set()
     assert entered.wait(WAIT)
     assert ran_in[0] is not host._thread  # a worker holds the host's turn
@@ -573,7 +531,7 @@ def test_a_pipeline_stopped_during_a_lent_turn_answers_every_operation(rt: Runti
     release.set()
     stopper.join(WAIT)
     assert not stopper.is_alive()
-    assert first.get(WAIT) == "substitute"
+    assert first.get(WAIT) == "first"
     assert second.get(WAIT) == "second"  # queued before the stop: handled
     assert not host.run_inline(0, Envelope(Execute(_echo), Future()))  # stopped: no lending
 

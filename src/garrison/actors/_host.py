@@ -240,13 +240,22 @@ class StageHost(Actor):
         """True when called from the thread holding this host's turn."""
         return self._ident == threading.get_ident()
 
-    def run_inline(self, index: int, envelope: Envelope[Any]) -> bool:
+    def handling_here(self) -> bool:
+        """True in the thread holding the turn (the host's, or one it lent the turn to)."""
+        return self.on_host_thread()
+
+    def run_inline(self, index: int, envelope: Envelope[Any], *, reraise: bool = False) -> bool:
         """Handle ``envelope`` for stage ``index`` in the calling thread, if the host is idle.
 
         Returns False, having done nothing, when the host's turn is taken, anything sent to
         the host is still unhandled (it would be overtaken), the host is not running, or a
         stage may not run outside the host's thread: then send it through the mailbox.
         Everything the stages send each other meanwhile is handled before this returns.
+
+        A crash in the turn is the host's (its thread crashes with the error). A
+        ``BaseException`` (say KeyboardInterrupt) is raised here too with ``reraise`` (the
+        caller's own thread), and kept from the thread otherwise (a worker reporting an
+        outcome must not die of a stage's crash).
         """
         if not self._inline:
             return False
@@ -263,7 +272,7 @@ class StageHost(Actor):
                 self._drain()
             except BaseException as error:
                 self._crashed_inline(error)
-                if not isinstance(error, Exception):
+                if reraise and not isinstance(error, Exception):
                     raise
             finally:
                 self._ident = None
@@ -276,11 +285,13 @@ class StageHost(Actor):
         self._inline = False
         self._inline_error = error
         if not self.mailbox.offer(Envelope(_INLINE_CRASHED)):
-            # The host is already ending: nobody will crash it; answer the message here.
+            # The host is already ending: nobody will crash it; answer the message here, and
+            # give what the stages sent each other to the mailbox (whose close answers it).
             item = self._crashed_item
             if item is not None:
                 self._crashed_item = None
                 self._crash_item(*item, error)
+            self._requeue_local()
 
     def fused_parts(self) -> list[tuple[str, str]]:
         """``(stage name, stage class name)``, innermost first (as a supervisor starts them)."""
@@ -345,29 +356,38 @@ class StageHost(Actor):
             finally:
                 self._ident = None
 
-    def _receive(self, envelope: Envelope[Any]) -> None:
-        # Every message is handled under the turn; a count of them lets run_inline tell
-        # whether anything sent to the host is still waiting.
+    def _actor_loop_running(self) -> None:
+        # Every message is taken and handled under the turn, and counted (run_inline lends
+        # the turn only when all that was sent is handled). Taking under the turn matters: a
+        # host retired while it waits for a lent turn has taken nothing its successor needs.
         mailbox = self.mailbox
-        with self._turn:
-            self._ident = threading.get_ident()
-            try:
-                error = self._inline_error
-                if error is None:
-                    try:
-                        super()._receive(envelope)
-                    finally:
-                        mailbox.mark_handled()
-                    return
-                # A stage crashed in a borrowed turn: this incarnation ends with that error,
-                # and what woke it is for the next one (unless it is only the wake-up).
-                if envelope.message is _INLINE_CRASHED:
-                    mailbox.mark_handled()
-                else:
-                    mailbox.put_back(envelope)
-                self._crash(None, error)
-            finally:
-                self._ident = None
+        stopped = self.actor_stopped
+        turn = self._turn
+        me = threading.get_ident()
+        while not stopped.is_set():
+            with turn:
+                self._ident = me
+                try:
+                    error = self._inline_error
+                    if error is not None:
+                        # A stage crashed in a lent turn: this incarnation ends with that
+                        # error; what is queued (the wake-up too) is for the next one.
+                        self._crash(None, error)
+                        return
+                    envelope = mailbox.take(self, block=False)
+                    if envelope is not None:
+                        try:
+                            self._receive(envelope)
+                        finally:
+                            mailbox.mark_handled()
+                        continue
+                finally:
+                    self._ident = None
+            if mailbox.owner is not self:  # retired: a successor owns the mailbox now
+                pykka.ActorRegistry.unregister(self.actor_ref)
+                stopped.set()
+                return
+            mailbox.wait(self)
 
     def on_failure(self, *exc_info: Any) -> None:
         """A stage crashed: every stage fails with the host; what was queued is kept."""
@@ -576,7 +596,7 @@ class HostedRef(Ref):
         message = envelope.message
         if type(message) is Execute:
             host = actor_of(self._host_ref.actor_ref)
-            if isinstance(host, StageHost) and host.run_inline(self._index, envelope):
+            if isinstance(host, StageHost) and host.run_inline(self._index, envelope, reraise=True):
                 return  # the host was idle: handled in this thread
         if self._index == 0 and type(message) is not messages._ActorStop:
             # The outermost stage is the host's default recipient: no wrapper.

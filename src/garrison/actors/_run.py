@@ -12,7 +12,13 @@ from garrison._future import _PENDING, Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute
 
-__all__ = ["copy_outcome", "is_coroutine_operation", "run_coroutine", "run_operation"]
+__all__ = [
+    "copy_outcome",
+    "is_coroutine_function",
+    "is_coroutine_operation",
+    "run_coroutine",
+    "run_operation",
+]
 
 
 def run_operation(
@@ -47,6 +53,12 @@ def is_coroutine_operation(message: Execute) -> bool:
             return True
         if not fn.__dict__:
             return False
+    return is_coroutine_function(fn)
+
+
+def is_coroutine_function(fn: Any) -> bool:
+    """True if calling ``fn`` makes a coroutine (through functools.partial, or a class
+    whose ``__call__`` is a coroutine function)."""
     while isinstance(fn, functools.partial):
         fn = fn.func
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(

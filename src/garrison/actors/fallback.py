@@ -41,12 +41,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar, Final
 
+from pykka._envelope import Envelope
+
 from garrison._clock import Clock
 from garrison._future import Future
 from garrison._loop import EventLoopThread
 from garrison._messages import Execute, OperationFailed
 from garrison._ref import Ref
-from garrison.actors._run import run_operation
+from garrison.actors._run import is_coroutine_function, run_operation
 from garrison.actors._stage import Stage
 from garrison.errors import ActorUnavailable, ConfigError
 from garrison.observability.events import emit
@@ -68,6 +70,21 @@ class _NoValue:
 
 NO_VALUE: Final = _NoValue()
 """Marks "no static fallback value" (``None`` is a legitimate value)."""
+
+
+class _CallFallback:
+    """Run the fallback callable for an operation, in the stage's own thread."""
+
+    __slots__ = ("error", "message", "reply")
+
+    def __init__(self, error: BaseException, message: Execute, reply: Future[Any]) -> None:
+        self.error = error
+        self.message = message
+        self.reply = reply
+
+    def refused(self, reason: str) -> None:
+        """The stage is gone: the caller gets the operation's error."""
+        self.reply.try_set_exception(self.error)
 
 
 class FallbackActor(Stage):
@@ -172,6 +189,9 @@ class FallbackActor(Stage):
         if isinstance(message, OperationFailed):
             self._routed_failure(message)
             return None
+        if isinstance(message, _CallFallback):
+            self._call_fallback(message.error, message.message, message.reply)
+            return None
         return super().handle_other(message)
 
     def _routed_failure(self, failed: OperationFailed) -> None:
@@ -233,16 +253,20 @@ class FallbackActor(Stage):
             self._used["callable"] += 1
             if meta is not None:
                 meta["fallback"] = "callable"
-            self._call_fallback(self.fallback, error, message, reply)
+            fallback = self.fallback
+            if self._thread is threading.current_thread() or is_coroutine_function(fallback):
+                self._call_fallback(error, message, reply)
+            else:  # a lent turn (a caller's or a worker's thread): not user code's place
+                self.mailbox.offer_behind(Envelope(_CallFallback(error, message, reply)))
             return "callable"
         self._reraised += 1
         reply.try_set_exception(error)
         return "none"
 
-    def _call_fallback(
-        self, fallback: FallbackFunc, error: BaseException, message: Execute, reply: Future[Any]
-    ) -> None:
+    def _call_fallback(self, error: BaseException, message: Execute, reply: Future[Any]) -> None:
         """Run ``fallback(error, message)`` (a coroutine on the loop) and answer ``reply``."""
+        fallback = self.fallback
+        assert fallback is not None
         answer: Future[Any] = Future()
 
         def deliver(done: Future[Any]) -> None:
@@ -273,8 +297,10 @@ class FallbackActor(Stage):
     # -- status ---------------------------------------------------------------------------------
 
     def runs_inline(self) -> bool:
-        """True when it has a downstream: it never runs operations itself then, and never
-        blocks (see :meth:`Stage.runs_inline`)."""
+        """True when it has a downstream: it never runs operations itself then (see
+        :meth:`Stage.runs_inline`). A synchronous fallback callable (user code, which may
+        block) still runs only in this stage's own thread: a substitution met in a lent
+        turn is sent there first."""
         return self.downstream is not None
 
     def status(self) -> dict[str, Any]:
