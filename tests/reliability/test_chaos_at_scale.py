@@ -8,7 +8,7 @@ holding their worker (see ``_helpers.workload``). Meanwhile a chaos thread crash
 random (``_helpers.chaos.Crasher``):
 
 - stage actors, in the hooks their own logic lives in (:data:`STAGE_HOOKS`);
-- worker actors of the bulkheads, as they receive an operation;
+- worker actors of the bulkheads, as they start running an operation (their run_job);
 - the pipelines' supervisors, on the next message they handle (a child's exit notice, a
   request): the root supervisor then rebuilds the whole pipeline behind the same Refs.
 
@@ -134,7 +134,7 @@ def arm_one(api: Pipeline, crasher: Crasher, rng: random.Random) -> None:
         if isinstance(bulkhead, BulkheadActor):
             workers = [w for w in list(bulkhead._workers) if not (w.retired or w.dead)]
             if workers:
-                crasher.arm_actor("worker", rng.choice(workers).actor, "on_receive")
+                crasher.arm_actor("worker", rng.choice(workers).actor, "run_job")
     else:
         crasher.arm_actor("supervisor", actor_of(api.supervisor.actor_ref), "on_receive")
 

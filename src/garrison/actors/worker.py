@@ -54,12 +54,16 @@ class WorkerActor(Actor):
         message = envelope.message
         if isinstance(message, Job) and envelope.reply_to is None:
             try:  # the common case, without the receive loop's bookkeeping
-                message.run(self._loop)
+                self.run_job(message)
             except BaseException as error:  # a bug: the worker crashes, the job gets the error
                 self._crash(None, error)
                 message.crashed(error)
             return
         super()._receive(envelope)
+
+    def run_job(self, job: Job) -> None:
+        """Run ``job`` (told by the worker's owner) in this worker's thread."""
+        job.run(self._loop)
 
     def on_receive(self, message: Any) -> Any:
         """Run an Execute; refuse anything else with a TypeError reply."""
