@@ -7,7 +7,7 @@ import functools
 import math
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -389,3 +389,64 @@ def test_cost_validation_matches_its_rule(cost: int):
     else:
         with pytest.raises(ValueError, match=r"Execute\.cost must be >= 1"):
             Execute(fetch_user, cost=cost)
+
+
+@given(
+    args=st.lists(st.integers(), max_size=3),
+    kwargs=st.dictionaries(st.sampled_from(["a", "b", "key"]), st.integers(), max_size=3),
+    key=st.one_of(st.none(), st.text(max_size=3), st.integers()),
+    priority=st.sampled_from(["high", "normal", "low", None]),
+    timeout=st.one_of(st.none(), st.floats(min_value=0.001, max_value=100.0), st.integers(1, 9)),
+    name=st.one_of(st.none(), st.text(min_size=1, max_size=5)),
+    cost=st.one_of(st.none(), st.integers(1, 5)),
+)
+def test_a_views_execute_is_the_execute_the_constructor_builds(
+    args: list[int],
+    kwargs: dict[str, int],
+    key: Any,
+    priority: Any,
+    timeout: Any,
+    name: Any,
+    cost: Any,
+) -> None:
+    """Pipeline views build Executes without re-validating their (validated) options: the
+    message must be field for field the one Execute(...) builds."""
+    from garrison.pipeline import PipelineView, _Options  # noqa: PLC0415
+
+    view = PipelineView(cast(Any, None), _Options()).options(
+        key=key, priority=priority, timeout=timeout, name=name, cost=cost
+    )
+    fast = view.execute(_add_all, *args, **kwargs)
+    slow = Execute(
+        _add_all,
+        args=tuple(args),
+        kwargs=kwargs,
+        key=key,
+        priority=priority if priority is not None else "normal",
+        timeout=timeout,
+        name=name or "",
+        cost=cost if cost is not None else 1,
+    )
+    for field in ("fn", "args", "key", "priority", "timeout", "name", "cost"):
+        assert getattr(fast, field) == getattr(slow, field), field
+        assert type(getattr(fast, field)) is type(getattr(slow, field)), field
+    assert dict(fast.kwargs) == dict(slow.kwargs)
+    assert fast.run() == slow.run()
+
+
+def test_a_view_refuses_bad_options_when_it_is_made() -> None:
+    from garrison.pipeline import PipelineView, _Options  # noqa: PLC0415
+
+    view = PipelineView(cast(Any, None), _Options())
+    with pytest.raises(ValueError, match="timeout"):
+        view.options(timeout=-1)
+    with pytest.raises(TypeError, match="key must be hashable"):
+        view.options(key=[])
+    with pytest.raises(ValueError, match="cost"):
+        view.options(cost=0)
+    with pytest.raises(TypeError, match="must be callable"):
+        view.execute(cast(Any, 42))
+
+
+def _add_all(*args: int, **kwargs: int) -> int:
+    return sum(args) + sum(kwargs.values())
