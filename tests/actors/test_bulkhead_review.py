@@ -94,6 +94,16 @@ def _hold(target: Any, hook: str) -> tuple[threading.Event, threading.Event]:
     return entered, release
 
 
+def plain(coroutine_function: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain (not async) function returning the coroutine object ``coroutine_function``
+    makes: the bulkhead sees a synchronous operation and gives it to a worker."""
+
+    def call(*args: Any) -> Any:
+        return coroutine_function(*args)
+
+    return call
+
+
 def _books_balance(status: dict[str, Any], workers: int) -> None:
     assert (status["in_use"], status["queued"], status["idle_workers"]) == (0, 0, workers)
     assert status["stuck_workers"] == 0
@@ -158,7 +168,7 @@ def test_abandoning_a_coroutine_returned_by_a_plain_function_cancels_it(rt: Runt
             raise
 
     reply: Future[Any] = Future()
-    ref.forward(Execute(forever, name="returns a coroutine"), reply)
+    ref.forward(Execute(plain(forever), name="returns a coroutine"), reply)
     assert entered.wait(WAIT)
     ref.tell(Abandon(reply))
     assert ref.settle(WAIT)
@@ -183,7 +193,7 @@ def test_a_coroutine_returned_by_a_plain_function_does_not_hold_a_worker(rt: Run
             await asyncio.sleep(0.001)
         return "coroutine"
 
-    running = ref.ask_future(Execute(waiting))
+    running = ref.ask_future(Execute(plain(waiting)))
     try:
         assert entered.wait(WAIT)
         assert ref.ask(Execute(lambda: "sync"), timeout=WAIT) == "sync"
@@ -543,8 +553,8 @@ def test_coroutines_returned_by_plain_functions_get_their_outcomes(rt: Runtime) 
     async def fails_at_once() -> None:
         raise LookupError("at once")
 
-    futures = [api.submit(lambda n=n: value(n)) for n in range(10)]
-    failures = [api.submit(fails_at_once) for _ in range(5)]
+    futures = [api.submit(plain(value), n) for n in range(10)]
+    failures = [api.submit(plain(fails_at_once)) for _ in range(5)]
     assert [f.get(WAIT) for f in futures] == list(range(10))
     for future in failures:
         assert isinstance(future.exception(WAIT), LookupError)
