@@ -115,12 +115,15 @@ class Future(pykka.Future[T], Generic[T]):
             callbacks = self._callbacks
             self._callbacks = None
         # Callbacks first (a stage's bookkeeping, the monitor's metric), then the waiting
-        # caller: whoever wakes up on an outcome sees what its callbacks did.
-        if callbacks:
-            for callback in callbacks:
-                self._run_callback(callback)
-        if waiter is not None:
-            waiter.release()
+        # caller: whoever wakes up on an outcome sees what its callbacks did. A callback's
+        # BaseException still wakes the caller (and the other callbacks run).
+        try:
+            if callbacks:
+                for callback in callbacks:
+                    self._run_callback(callback)
+        finally:
+            if waiter is not None:
+                waiter.release()
         return True
 
     def _run_callback(self, callback: Callable[[Future[T]], object]) -> None:

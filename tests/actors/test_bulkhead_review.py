@@ -2,7 +2,7 @@
 
 Each test names the guarantee it guards: exactly one outcome per operation, slots neither
 leaked nor freed twice, priority order and per-sender order whoever queues, bounded state.
-Tests marked xfail(strict) show a bug of the current code (the reason says which).
+The first group reproduces the bugs the review found (all fixed since).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def standalone(rt: Runtime, **config: Any) -> Ref:
 def fused(rt: Runtime, **config: Any) -> tuple[Pipeline, BulkheadActor]:
     """A pipeline whose only stage is its bulkhead: callers admit through try_admit."""
     api = rt.pipeline("p", bulkhead=BulkheadConfig(**config))
-    assert api.ref.settle(WAIT)  # started (see the xfail test about calls made before that)
+    assert api.ref.settle(WAIT)  # started (calls made before that are tested below)
     return api, _bulkhead_of(api)
 
 
@@ -109,15 +109,9 @@ def _books_balance(status: dict[str, Any], workers: int) -> None:
     assert status["stuck_workers"] == 0
 
 
-# -- bugs ---------------------------------------------------------------------------------------
+# -- bugs the review found (fixed) ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a crashed worker is put back among the idle by its job's booking (worker.dead is "
-    "only set when the bulkhead handles _WorkerEnded): the next waiting operation is "
-    "started on it and fails with ActorUnavailable instead of running",
-)
 def test_a_waiting_operation_is_not_started_on_a_worker_that_just_crashed(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -149,12 +143,6 @@ def test_a_waiting_operation_is_not_started_on_a_worker_that_just_crashed(
     assert waiting.get(WAIT) == "ran"  # run by the replacement worker
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plain function's coroutine is run by its _Job without recording the loop's "
-    "future: Abandon treats it as a stuck synchronous call (retires an idle worker) and "
-    "never cancels the coroutine",
-)
 def test_abandoning_a_coroutine_returned_by_a_plain_function_cancels_it(rt: Runtime) -> None:
     ref = standalone(rt, max_workers=1)
     entered, cancelled = threading.Event(), threading.Event()
@@ -178,11 +166,6 @@ def test_abandoning_a_coroutine_returned_by_a_plain_function_cancels_it(rt: Runt
     assert reply.exception(WAIT) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plain function's coroutine keeps its worker out of the idle pool until the "
-    "coroutine ends, though the worker's thread is free (coroutines must not hold workers)",
-)
 def test_a_coroutine_returned_by_a_plain_function_does_not_hold_a_worker(rt: Runtime) -> None:
     ref = standalone(rt, max_workers=1, max_concurrent=2)
     entered, release = threading.Event(), threading.Event()
@@ -203,12 +186,6 @@ def test_a_coroutine_returned_by_a_plain_function_does_not_hold_a_worker(rt: Run
     _books_balance(ref.ask(GetStatus(), timeout=WAIT), 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entries taken out of the heap by max_wait (or Abandon) stay in self._queue until "
-    "they reach its head: while the workers are stuck the heap grows with every expired "
-    "operation (and keeps its arguments alive), max_queue notwithstanding",
-)
 def test_expired_waiting_operations_do_not_pile_up_while_the_workers_are_stuck(
     rt: Runtime, clock: ManualClock
 ) -> None:
@@ -223,19 +200,13 @@ def test_expired_waiting_operations_do_not_pile_up_while_the_workers_are_stuck(
         assert ref.settle(WAIT)
         clock.advance(1.0)
         assert isinstance(waiting.exception(WAIT), BulkheadFull)
-    heap = len(bulkhead._queue)
+    heap = len(bulkhead._for_worker) + len(bulkhead._for_slot)
     gate.release.set()
     assert stuck.get(WAIT) == "late"
     assert ref.ask(GetStatus(), timeout=WAIT)["wait_timeouts"] == 300
     assert heap <= 50  # bounded by max_queue (and a compaction slack), not by the traffic
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_start_waiting stops at a head that needs a worker: a waiting coroutine keeps "
-    "waiting behind it though a slot is free, and a later coroutine of the same priority "
-    "starts at once (FIFO within a priority broken; the waiting one may time out)",
-)
 def test_a_waiting_coroutine_is_not_overtaken_while_a_slot_is_free(rt: Runtime) -> None:
     ref = standalone(rt, max_workers=1, max_concurrent=2, max_queue=5)
     gate = Gate()
@@ -268,12 +239,6 @@ def test_a_waiting_coroutine_is_not_overtaken_while_a_slot_is_free(rt: Runtime) 
     assert (sync.get(WAIT), needs_worker.get(WAIT)) == ("sync", "waited")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a coroutine operation raising KeyboardInterrupt/SystemExit escapes the asyncio "
-    "task and kills the runtime's loop thread: the operation never gets an outcome, its "
-    "bulkhead slot is never freed, and every later coroutine operation hangs",
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_coroutine_raising_keyboard_interrupt_gets_it_as_its_outcome(rt: Runtime) -> None:
     ref = standalone(rt, max_workers=1)
@@ -297,13 +262,6 @@ def test_a_coroutine_raising_keyboard_interrupt_gets_it_as_its_outcome(rt: Runti
             loop._loop.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="try_admit runs before the bulkhead's on_start has added its workers (a Pipeline "
-    "is returned, and a restarted host re-pointed, before on_start runs in the host's "
-    "thread): with no queue the caller is refused BulkheadFull; with one it is queued and "
-    "on_start never starts it (no outcome until some other operation completes)",
-)
 @pytest.mark.parametrize("max_queue", [0, 1])
 def test_a_call_made_while_the_bulkhead_starts_waits_for_its_workers(
     rt: Runtime, monkeypatch: pytest.MonkeyPatch, max_queue: int

@@ -625,3 +625,27 @@ def test_callbacks_run_before_a_waiting_caller_wakes():
     thread.join(5)
     assert seen_awake == [False]
     assert woke.is_set()
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+def test_a_callback_raising_a_base_exception_still_wakes_the_waiting_caller() -> None:
+    future: Future[int] = Future()
+    got: list[int] = []
+    waiting = threading.Thread(target=lambda: got.append(future.get(5.0)))
+    waiting.start()
+
+    def interrupt(_done: Future[int]) -> None:
+        raise _Interrupt
+
+    future.add_done_callback(interrupt)
+    for _ in range(5000):  # until the caller is blocked in get() (bounded)
+        if future._waiter is not None:
+            break
+        threading.Event().wait(0.001)
+    with pytest.raises(_Interrupt):  # the completing thread gets it, as from any callback
+        future.try_set_result(7)
+    waiting.join(5.0)
+    assert got == [7]

@@ -77,7 +77,7 @@ def run_coroutine(
         )
         return None
     try:
-        running = loop.submit(coro)
+        running = loop.submit(_contained(coro))
     except RuntimeError as error:
         reply.try_set_exception(error)
         return None
@@ -87,13 +87,35 @@ def run_coroutine(
             reply.try_set_exception(concurrent.futures.CancelledError())
             return
         error = done.exception()
-        if error is None:
-            reply.try_set_result(done.result())
-        else:
+        if error is not None:
             reply.try_set_exception(error)
+            return
+        result = done.result()
+        if type(result) is _Escaped:
+            reply.try_set_exception(result.error)
+        else:
+            reply.try_set_result(result)
 
     running.add_done_callback(complete)
     return running
+
+
+class _Escaped:
+    """A KeyboardInterrupt or SystemExit a coroutine operation raised: its outcome."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _contained(coro: Any) -> Any:
+    # asyncio lets KeyboardInterrupt and SystemExit out of a task, and they would end the
+    # loop's thread (every later coroutine operation would hang): the caller gets them.
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit) as error:
+        return _Escaped(error)
 
 
 def copy_outcome(source: Future[Any], target: Future[Any]) -> bool:

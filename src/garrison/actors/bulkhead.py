@@ -75,6 +75,14 @@ _Outcome = tuple[Future[Any], Any, BaseException | None]
 """An operation's reply, and its value or error."""
 
 
+def _waiting(queue: list[tuple[int, int, _Queued]]) -> bool:
+    """True if ``queue`` holds an operation still waiting (dropping those taken out at its
+    head: expired or abandoned entries stay in a heap until they reach it)."""
+    while queue and queue[0][2].done:
+        heapq.heappop(queue)
+    return bool(queue)
+
+
 def _answer(reply: Future[Any], value: Any, error: BaseException | None) -> None:
     if error is None:
         reply.try_set_result(value)
@@ -216,9 +224,8 @@ class _Job(Job):
             self.bulkhead._finished(self.reply, None, error)
             return
         if isinstance(result, CoroutineType):  # a plain function returned one: on the loop
-            inner: Future[Any] = Future()
-            inner.add_done_callback(functools.partial(self.bulkhead._completed, self.reply))
-            run_coroutine(result, inner, loop)
+            self.finished = True
+            self.bulkhead._to_loop(self.reply, result)
             return
         self.finished = True
         self.bulkhead._finished(self.reply, result, None)
@@ -228,18 +235,23 @@ class _Job(Job):
         self.crashed(ActorUnavailable(self.worker.ref.name, reason))
 
     def crashed(self, error: BaseException) -> None:
-        """The worker failed to run it: the caller gets ``error`` (once, whatever happens)."""
+        """The worker failed to run it: the caller gets ``error`` (once, whatever happens).
+
+        The worker is gone: it must not be given the next waiting operation.
+        """
+        self.worker.dead = True
         if not self.finished:
             self.finished = True
             self.bulkhead._finished(self.reply, None, error)
 
 
 class _Queued:
-    __slots__ = ("done", "message", "reply", "timer")
+    __slots__ = ("done", "message", "needs_worker", "reply", "timer")
 
-    def __init__(self, message: Execute, reply: Future[Any]) -> None:
+    def __init__(self, message: Execute, reply: Future[Any], needs_worker: bool) -> None:
         self.message = message
         self.reply = reply
+        self.needs_worker = needs_worker
         self.timer: TimerHandle | None = None
         self.done = False
 
@@ -269,8 +281,12 @@ class BulkheadActor(Stage):
         self._workers: list[_Worker] = []
         self._idle: deque[_Worker] = deque()
         self._running: dict[Future[Any], _Running] = {}
-        # (priority, arrival, entry): ordered by tuple comparison, in C
-        self._queue: list[tuple[int, int, _Queued]] = []
+        # Waiting operations, (priority, arrival, entry) heaps ordered by tuple comparison
+        # (in C): those that need a worker, and those that need only a slot (coroutines, or
+        # everything with a downstream), so that one kind never holds up the other.
+        self._for_worker: list[tuple[int, int, _Queued]] = []
+        self._for_slot: list[tuple[int, int, _Queued]] = []
+        self._started = False  # on_start has made the pool: callers may admit from now
         self._queued: dict[Future[Any], _Queued] = {}
         self._seq = itertools.count()
         self._names = itertools.count(1)
@@ -297,10 +313,13 @@ class BulkheadActor(Stage):
         """Start the worker pool."""
         if not self.name:
             self.name = self.mailbox.name.rsplit("/", 1)[-1]
-        if self.downstream is None:
-            with self._lock:
+        with self._lock:
+            if self.downstream is None:
                 for _ in range(self.config.max_workers):
                     self._add_worker()
+            self._started = True
+            self._start_waiting()  # queued by a predecessor's messages, say
+        self._launch()
 
     def _add_worker(self) -> None:
         path = f"{self.mailbox.name}/worker-{next(self._names)}"
@@ -335,12 +354,13 @@ class BulkheadActor(Stage):
         # Running operations still answer their callers (their completion does that).
         with self._lock:
             self._closed = True
-            waiting = [entry for _, _, entry in self._queue if not entry.done]
+            waiting = [entry for _, _, entry in self._for_worker + self._for_slot if not entry.done]
             for entry in waiting:
                 entry.done = True
                 if entry.timer is not None:
                     entry.timer.cancel()
-            self._queue.clear()
+            self._for_worker.clear()
+            self._for_slot.clear()
             self._queued.clear()
             workers, self._workers = self._workers, []
             self._idle.clear()
@@ -416,7 +436,7 @@ class BulkheadActor(Stage):
             self._detoured.add(reply)
             return False
         with self._lock:
-            if self._closed or self._detoured:
+            if self._closed or self._detoured or not self._started:
                 self._detoured.add(reply)
                 return False
             if (
@@ -424,6 +444,7 @@ class BulkheadActor(Stage):
                 and self._in_flight < self._concurrency
                 and self.downstream is None
                 and self._stuck <= self.config.abandon_cap
+                and not _waiting(self._for_worker)
                 and not is_coroutine_operation(message)
             ):
                 self._start_job(message, reply)  # the common case, in short
@@ -450,32 +471,35 @@ class BulkheadActor(Stage):
         """Start or queue ``message`` (under the lock); return why it is refused, or ""."""
         if self._stuck > self.config.abandon_cap and self.downstream is None:
             return "too many workers are stuck in abandoned calls"
-        if self._can_start(message):
-            self._start(message, reply)
+        needs_worker = self.downstream is None and not is_coroutine_operation(message)
+        waiting = self._for_worker if needs_worker else self._for_slot
+        if not _waiting(waiting) and self._can_start(needs_worker):  # never ahead of its kind
+            self._start(message, reply, needs_worker)
             return ""
         if len(self._queued) >= self.config.max_queue:
             return "no slot is free and the queue is full"
-        entry = _Queued(message, reply)
-        heapq.heappush(self._queue, (int(message.priority), next(self._seq), entry))
+        entry = _Queued(message, reply, needs_worker)
+        heapq.heappush(waiting, (int(message.priority), next(self._seq), entry))
         self._queued[reply] = entry
         if self.config.max_wait is not None:
             entry.timer = self.schedule(self.config.max_wait, _WaitExpired(reply))
         return ""
 
-    def _can_start(self, message: Execute) -> bool:
+    def _can_start(self, needs_worker: bool) -> bool:
         if self._in_flight >= self._concurrency:
             return False
-        return bool(self.downstream is not None or self._idle or is_coroutine_operation(message))
+        return bool(self._idle) or not needs_worker
 
     def _refuse(self, reply: Future[Any], why: str) -> None:
-        self.rejected += 1
+        with self._lock:  # callers refuse from their own threads too
+            self.rejected += 1
         reply.try_set_exception(
             BulkheadFull(self.name, self.config.concurrency, self.config.max_queue)
         )
         emit("garrison.bulkhead.rejected", level="debug", bulkhead=self.name, reason=why)
 
-    def _start(self, message: Execute, reply: Future[Any]) -> None:
-        if self.downstream is None and not is_coroutine_operation(message):
+    def _start(self, message: Execute, reply: Future[Any], needs_worker: bool) -> None:
+        if needs_worker:
             self._start_job(message, reply)
             return
         self._in_flight += 1
@@ -511,25 +535,56 @@ class BulkheadActor(Stage):
             ref.tell(job)
 
     def _start_waiting(self) -> None:
-        queue = self._queue
-        while queue:
-            head = queue[0][2]
-            if head.done:
-                heapq.heappop(queue)
-                continue
-            if not self._can_start(head.message):
+        """Start waiting operations while they can start, best (priority, arrival) first."""
+        queues = (self._for_worker, self._for_slot)
+        while True:
+            best: list[tuple[int, int, _Queued]] | None = None
+            for queue in queues:
+                startable = _waiting(queue) and self._can_start(queue is self._for_worker)
+                if startable and (best is None or queue[0] < best[0]):
+                    best = queue
+            if best is None:
                 return
-            heapq.heappop(queue)
+            head = heapq.heappop(best)[2]
             self._take_from_queue(head)
-            self._start(head.message, head.reply)
+            self._start(head.message, head.reply, head.needs_worker)
 
     def _take_from_queue(self, entry: _Queued) -> None:
         entry.done = True
         self._queued.pop(entry.reply, None)
         if entry.timer is not None:
             entry.timer.cancel()
+        # Entries taken out of the middle (expired, abandoned) stay in their heap until they
+        # reach its head: drop them once they outnumber the waiting ones.
+        if len(self._for_worker) + len(self._for_slot) > 2 * len(self._queued) + 32:
+            for queue in (self._for_worker, self._for_slot):
+                queue[:] = [item for item in queue if not item[2].done]
+                heapq.heapify(queue)
 
     # -- completion, timeouts, abandonment ----------------------------------------------------
+
+    def _to_loop(self, reply: Future[Any], coro: Any) -> None:
+        """A job's plain function returned a coroutine: its worker is free again, and the
+        coroutine runs on the loop like a coroutine operation (cancelled if abandoned)."""
+        with self._lock:
+            record = self._running.get(reply)
+            if record is not None and not record.abandoned and not self._closed:
+                worker = record.worker
+                record.worker = record.job = None
+                if worker is not None and not (worker.retired or worker.dead):
+                    self._idle.append(worker)
+                    if self._queued:
+                        self._start_waiting()
+                inner: Future[Any] = Future()
+                inner.meta = reply.meta
+                inner.add_done_callback(functools.partial(self._completed, reply))
+                record.running = run_coroutine(coro, inner, self.loop)
+                coro = None
+        if self._launches:
+            self._launch()
+        if coro is not None:  # abandoned (answered already) or the bulkhead closed
+            coro.close()
+            self._finished(reply, None, concurrent.futures.CancelledError())
 
     def _completed(self, reply: Future[Any], inner: Future[Any]) -> None:
         """An operation run downstream or on the loop finished: book it, then answer."""
@@ -585,7 +640,7 @@ class BulkheadActor(Stage):
                 if worker is not None and not (worker.retired or worker.dead):
                     self._idle.append(worker)
             self.completed += 1
-            if self._queue:
+            if self._queued:
                 self._start_waiting()
 
     def _wait_expired(self, reply: Future[Any]) -> None:
