@@ -147,6 +147,14 @@ class _Options:
     name: str = ""
     cost: int = 1
 
+    def message(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Execute:
+        """The Execute of ``fn(*args, **kwargs)`` with these (validated) options."""
+        return Execute._of_call(
+            fn, args, kwargs, self.key, self.priority, self.timeout, self.name, self.cost
+        )
+
 
 def _options_only() -> None:
     """The function of the Execute that validates a view's options (never called)."""
@@ -165,22 +173,12 @@ class PipelineView:
 
     def execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Execute:
         """The Execute message this view would send for ``fn(*args, **kwargs)``."""
-        options = self._options  # validated when the view was made
-        return Execute._of_call(
-            fn,
-            args,
-            kwargs,
-            options.key,
-            options.priority,
-            options.timeout,
-            options.name,
-            options.cost,
-        )
+        return self._options.message(fn, args, kwargs)  # options validated by options()
 
     def submit(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Send ``fn(*args, **kwargs)`` through the pipeline; return the future of its outcome."""
         pipeline = self._pipeline
-        message = self.execute(fn, *args, **kwargs)
+        message = self._options.message(fn, args, kwargs)
         future: Future[R] = Future()
         if pipeline.monitor:
             future.meta = {}
@@ -199,7 +197,12 @@ class PipelineView:
 
     def call(self, fn: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> Any:
         """Run ``fn(*args, **kwargs)`` through the pipeline and wait for its outcome."""
-        return self.submit(fn, *args, **kwargs).get()
+        pipeline = self._pipeline
+        if pipeline.monitor:
+            return self.submit(fn, *args, **kwargs).get()
+        future: Future[Any] = Future()  # submit(), inlined: the path of every blocking call
+        pipeline.send(self._options.message(fn, args, kwargs), future)
+        return future.get()
 
     @overload
     async def acall(

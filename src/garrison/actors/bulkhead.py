@@ -181,11 +181,12 @@ class _WorkerEnded:
 
 
 class _Worker:
-    __slots__ = ("actor", "dead", "ref", "retired")
+    __slots__ = ("actor", "dead", "inbox", "ref", "retired")
 
     def __init__(self, ref: Ref, actor: SafeLoop) -> None:
         self.ref = ref
         self.actor = actor
+        self.inbox = actor.mailbox  # a worker is never restarted: its jobs go straight here
         self.retired = False
         self.dead = False
 
@@ -298,7 +299,7 @@ class BulkheadActor(Stage):
         self.wait_timeouts = 0
         self._lock = threading.RLock()
         self._closed = False
-        self._launches: deque[tuple[Ref, _Job]] = deque()
+        self._launches: deque[tuple[_Worker, _Job]] = deque()
         # Replies of operations try_admit turned away (their callers send them to the actor)
         # and the actor has not handled yet: none may be overtaken by a later try_admit.
         self._detoured: set[Future[Any]] = set()
@@ -522,22 +523,22 @@ class BulkheadActor(Stage):
         record.worker = worker
         record.job = job = _Job(self, message, reply, worker)
         # Sent once the lock is released (by whichever thread gets there first).
-        self._launches.append((worker.ref, job))
+        self._launches.append((worker, job))
 
     def _launch(self) -> None:
         """Hand the operations started under the lock to their workers."""
         launches = self._launches
         while launches:
             try:
-                ref, job = launches.popleft()
+                worker, job = launches.popleft()
             except IndexError:  # another thread took the last one
                 return
-            ref.tell(job)
+            worker.inbox.offer(Envelope(job))
 
     def _start_waiting(self) -> None:
         """Start waiting operations while they can start, best (priority, arrival) first."""
         queues = (self._for_worker, self._for_slot)
-        while True:
+        while self._in_flight < self._concurrency:
             best: list[tuple[int, int, _Queued]] | None = None
             for queue in queues:
                 startable = _waiting(queue) and self._can_start(queue is self._for_worker)
@@ -554,8 +555,12 @@ class BulkheadActor(Stage):
         self._queued.pop(entry.reply, None)
         if entry.timer is not None:
             entry.timer.cancel()
-        # Entries taken out of the middle (expired, abandoned) stay in their heap until they
-        # reach its head: drop them once they outnumber the waiting ones.
+
+    def _take_out_of_line(self, entry: _Queued) -> None:
+        """Take ``entry`` from anywhere in its heap (it expired, or was abandoned)."""
+        self._take_from_queue(entry)
+        # Such entries stay in their heap until they reach its head: drop them once they
+        # outnumber the waiting ones.
         if len(self._for_worker) + len(self._for_slot) > 2 * len(self._queued) + 32:
             for queue in (self._for_worker, self._for_slot):
                 queue[:] = [item for item in queue if not item[2].done]
@@ -648,7 +653,7 @@ class BulkheadActor(Stage):
             entry = self._queued.get(reply)
             if entry is None or entry.done:
                 return
-            self._take_from_queue(entry)
+            self._take_out_of_line(entry)
             self.wait_timeouts += 1
         self._refuse(reply, f"no slot freed within max_wait ({self.config.max_wait:g}s)")
 
@@ -660,7 +665,7 @@ class BulkheadActor(Stage):
     def _abandon_locked(self, reply: Future[Any]) -> None:
         entry = self._queued.get(reply)
         if entry is not None:
-            self._take_from_queue(entry)
+            self._take_out_of_line(entry)
             return
         record = self._running.get(reply)
         if record is None or record.abandoned:
