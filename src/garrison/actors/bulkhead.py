@@ -183,7 +183,7 @@ class _WorkerEnded:
 class _Worker:
     __slots__ = ("actor", "dead", "inbox", "ref", "retired")
 
-    def __init__(self, ref: Ref, actor: SafeLoop) -> None:
+    def __init__(self, ref: Ref, actor: WorkerActor) -> None:
         self.ref = ref
         self.actor = actor
         self.inbox = actor.mailbox  # a worker is never restarted: its jobs go straight here
@@ -328,7 +328,7 @@ class BulkheadActor(Stage):
             WorkerActor, (), {"loop": self.loop}, path, self.mailbox.dead_letters
         )
         actor = actor_of(actor_ref)
-        assert isinstance(actor, SafeLoop)
+        assert isinstance(actor, WorkerActor)
         worker = _Worker(Ref(actor_ref, path), actor)
         own_mailbox = self.mailbox
 
@@ -533,7 +533,9 @@ class BulkheadActor(Stage):
                 worker, job = launches.popleft()
             except IndexError:  # another thread took the last one
                 return
-            worker.inbox.offer(Envelope(job))
+            # The worker booking its own last job runs the next one straight after it.
+            if not worker.actor.chain(job):
+                worker.inbox.offer(Envelope(job))
 
     def _start_waiting(self) -> None:
         """Start waiting operations while they can start, best (priority, arrival) first."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from pykka._envelope import Envelope
@@ -49,15 +50,45 @@ class WorkerActor(Actor):
     def __init__(self, *, loop: EventLoopThread | None = None) -> None:
         super().__init__()
         self._loop = loop
+        self._job: Job | None = None  # the job running now
+        self._next: Job | None = None  # the job to run after it (see chain)
+
+    def chain(self, job: Job) -> bool:
+        """Run ``job`` right after the job running now, without the mailbox.
+
+        Only from this worker's own thread while it runs a job (its owner booking that
+        job's outcome hands it the next one), and only when nothing waits in the mailbox
+        (a stop, say, comes first). False, with nothing done, otherwise: tell it the job.
+        """
+        if (
+            self._job is None
+            or self._next is not None
+            or self._thread is not threading.current_thread()
+            or not self.mailbox.empty()
+        ):
+            return False
+        self._next = job
+        return True
 
     def _receive(self, envelope: Envelope[Any]) -> None:
         message = envelope.message
         if isinstance(message, Job) and envelope.reply_to is None:
+            job: Job | None = message
             try:  # the common case, without the receive loop's bookkeeping
-                self.run_job(message)
+                while job is not None:
+                    self._job = job
+                    self.run_job(job)
+                    job, self._next = self._next, None
             except BaseException as error:  # a bug: the worker crashes, the job gets the error
+                crashed, pending = self._job, self._next
+                self._next = None
                 self._crash(None, error)
-                message.crashed(error)
+                if crashed is not None:
+                    crashed.crashed(error)
+                if pending is not None:
+                    pending.refused("the worker crashed before running it")
+            finally:
+                self._job = None
             return
         super()._receive(envelope)
 
