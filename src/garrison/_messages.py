@@ -157,7 +157,10 @@ class Execute:
 
     def run(self) -> Any:
         """Call the function with the message's arguments (in the calling thread)."""
-        return self.fn(*self.args, **self.kwargs)
+        kwargs = self.kwargs
+        if kwargs is _EMPTY:  # the common case: no ** unpacking of a mapping proxy
+            return self.fn(*self.args)
+        return self.fn(*self.args, **kwargs)
 
     def __repr__(self) -> str:
         key = f", key={self.key!r}" if self.key is not None else ""

@@ -313,6 +313,7 @@ class Pipeline(PipelineView):
         self.monitor = monitor
         front = self.ref
         self._bulkhead_host: Ref | None = None  # a fused pipeline with no stage but its bulkhead
+        self._front: tuple[object, BulkheadActor | None] | None = None  # (host incarnation, its)
         if isinstance(front, HostedRef) and list(stages) == ["bulkhead"]:
             self._bulkhead_host = front.host
 
@@ -325,11 +326,18 @@ class Pipeline(PipelineView):
         """
         host_ref = self._bulkhead_host
         if host_ref is not None:
-            host = actor_of(host_ref.actor_ref)
-            if isinstance(host, StageHost):
-                bulkhead = host.stages[0]
-                if isinstance(bulkhead, BulkheadActor) and bulkhead.try_admit(message, reply):
-                    return
+            actor_ref = host_ref.actor_ref
+            front = self._front
+            if front is None or front[0] is not actor_ref:  # first call, or a restart since
+                host = actor_of(actor_ref)
+                bulkhead = host.stages[0] if isinstance(host, StageHost) else None
+                front = self._front = (
+                    actor_ref,
+                    bulkhead if isinstance(bulkhead, BulkheadActor) else None,
+                )
+            bulkhead = front[1]
+            if bulkhead is not None and bulkhead.try_admit(message, reply):
+                return
         self.ref.forward(message, reply)  # a fused pipeline's HostedRef may run it here
 
     def report(self, message: Execute, done: Future[Any], started: float) -> None:

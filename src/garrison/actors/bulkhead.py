@@ -277,7 +277,9 @@ class BulkheadActor(Stage):
             raise TypeError(f"config must be a BulkheadConfig, got {config!r}")
         super().__init__(downstream, clock=clock, scheduler=scheduler, loop=loop)
         self.config = config
-        self._concurrency = config.concurrency
+        self._concurrency = config.concurrency  # read on every operation: kept at hand
+        self._abandon_cap = config.abandon_cap
+        self._max_queue = config.max_queue
         self.name = name if name is not None else ""
         self._workers: list[_Worker] = []
         self._idle: deque[_Worker] = deque()
@@ -444,7 +446,7 @@ class BulkheadActor(Stage):
                 self._idle
                 and self._in_flight < self._concurrency
                 and self.downstream is None
-                and self._stuck <= self.config.abandon_cap
+                and self._stuck <= self._abandon_cap
                 and not _waiting(self._for_worker)
                 and not is_coroutine_operation(message)
             ):
@@ -470,14 +472,14 @@ class BulkheadActor(Stage):
 
     def _admit(self, message: Execute, reply: Future[Any]) -> str:
         """Start or queue ``message`` (under the lock); return why it is refused, or ""."""
-        if self._stuck > self.config.abandon_cap and self.downstream is None:
+        if self._stuck > self._abandon_cap and self.downstream is None:
             return "too many workers are stuck in abandoned calls"
         needs_worker = self.downstream is None and not is_coroutine_operation(message)
         waiting = self._for_worker if needs_worker else self._for_slot
         if not _waiting(waiting) and self._can_start(needs_worker):  # never ahead of its kind
             self._start(message, reply, needs_worker)
             return ""
-        if len(self._queued) >= self.config.max_queue:
+        if len(self._queued) >= self._max_queue:
             return "no slot is free and the queue is full"
         entry = _Queued(message, reply, needs_worker)
         heapq.heappush(waiting, (int(message.priority), next(self._seq), entry))
@@ -539,8 +541,16 @@ class BulkheadActor(Stage):
 
     def _start_waiting(self) -> None:
         """Start waiting operations while they can start, best (priority, arrival) first."""
-        queues = (self._for_worker, self._for_slot)
+        for_worker, for_slot = self._for_worker, self._for_slot
+        queues = (for_worker, for_slot)
         while self._in_flight < self._concurrency:
+            if not for_slot:  # the common case: only operations that wait for a worker
+                if not self._idle or not _waiting(for_worker):
+                    return
+                head = heapq.heappop(for_worker)[2]
+                self._take_from_queue(head)
+                self._start_job(head.message, head.reply)
+                continue
             best: list[tuple[int, int, _Queued]] | None = None
             for queue in queues:
                 startable = _waiting(queue) and self._can_start(queue is self._for_worker)

@@ -50,6 +50,7 @@ class WorkerActor(Actor):
     def __init__(self, *, loop: EventLoopThread | None = None) -> None:
         super().__init__()
         self._loop = loop
+        self._ident: int | None = None  # the worker's thread
         self._job: Job | None = None  # the job running now
         self._next: Job | None = None  # the job to run after it (see chain)
 
@@ -63,12 +64,16 @@ class WorkerActor(Actor):
         if (
             self._job is None
             or self._next is not None
-            or self._thread is not threading.current_thread()
-            or not self.mailbox.empty()
+            or self._ident != threading.get_ident()
+            or not self.actor_inbox.empty()
         ):
             return False
         self._next = job
         return True
+
+    def _actor_loop_setup(self) -> None:
+        self._ident = threading.get_ident()
+        super()._actor_loop_setup()
 
     def _receive(self, envelope: Envelope[Any]) -> None:
         message = envelope.message
