@@ -436,10 +436,13 @@ class BulkheadActor(Stage):
         """
         # Once all this sender sent before is handled, it stays handled: one look will do.
         if self._detoured or not self.actor_inbox.all_handled():  # type: ignore[attr-defined]
-            self._detoured.add(reply)
+            if not self._closed:  # closed: the actor refuses it, nothing to keep order with
+                self._detoured.add(reply)
             return False
         with self._lock:
-            if self._closed or self._detoured or not self._started:
+            if self._closed:
+                return False
+            if self._detoured or not self._started:
                 self._detoured.add(reply)
                 return False
             if (
