@@ -31,7 +31,7 @@ from garrison import (
 from garrison._actor import PING
 from garrison._ref import Ref, actor_of
 from garrison.actors._host import HostedRef, StageHost
-from garrison.actors.bulkhead import BulkheadActor, BulkheadConfig
+from garrison.actors.bulkhead import Abandon, BulkheadActor, BulkheadConfig
 from garrison.actors.worker import Job, WorkerActor
 from garrison.pipeline import Pipeline
 from garrison.testing import ManualClock
@@ -799,3 +799,43 @@ def test_an_operation_running_when_the_bulkhead_stops_finishes_though_it_returns
         assert not stopper.is_alive()
     assert not isinstance(error, concurrent.futures.CancelledError), error
     assert running.get(0) == "finished"
+
+
+def test_a_job_given_to_a_worker_retired_before_it_was_chained_goes_behind_the_stop(
+    rt: Runtime,
+) -> None:
+    api, bulkhead = fused(rt, max_workers=1, max_queue=1)
+    gate = Gate()
+    first = api.submit(gate.fn("first"))
+    gate.wait_started()
+    (worker,) = bulkhead._workers
+    ran = threading.Event()
+    chained = api.submit(ran.set)
+    entered, release = threading.Event(), threading.Event()
+    original = bulkhead._launch
+
+    def held_launch() -> None:
+        if threading.get_ident() == worker.actor._ident and not entered.is_set():
+            entered.set()  # the worker booked its job and was given the next one
+            assert release.wait(WAIT)
+        original()
+
+    bulkhead._launch = held_launch  # type: ignore[method-assign]
+    gate.release.set()
+    assert entered.wait(WAIT)
+    api.stages["bulkhead"].tell(Abandon(chained))  # its caller gave up: the worker retires
+    assert api.ref.settle(WAIT)
+    assert worker.retired
+    release.set()
+    assert first.get(WAIT) == "first"
+    assert isinstance(chained.exception(WAIT), ActorUnavailable)  # refused, never run
+    assert worker.actor.actor_stopped.wait(WAIT)
+    assert not ran.is_set()
+    for _ in range(500):  # the retired worker's end reaches the bulkhead: bounded polling
+        if api.ref.settle(WAIT) and bulkhead.status()["stuck_workers"] == 0:
+            break
+        threading.Event().wait(0.01)
+    status = bulkhead.status()
+    books_balance(status, 1)
+    assert status["abandoned"] == 1
+    assert api.call(lambda: "replacement") == "replacement"
