@@ -4,7 +4,7 @@ the pipeline's cached front bulkhead.
 Each test names the guarantee it guards: a chained job runs once, right after the job that
 chained it and never ahead of a message already in the worker's mailbox; a crash answers the
 running and the chained job; the books balance; a restarted or stopped host is never reached
-through a stale bulkhead. Strict xfails reproduce bugs the review found.
+through a stale bulkhead. Some reproduce bugs the review found (fixed since).
 """
 
 from __future__ import annotations
@@ -376,11 +376,6 @@ def test_after_a_host_restart_calls_reach_the_new_bulkhead_not_the_cached_one(
     assert not new._detoured
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stopped fused pipeline keeps its dead bulkhead in _front, and try_admit adds "
-    "every later call's reply to that bulkhead's _detoured, never to be discarded",
-)
 def test_calls_to_a_stopped_pipeline_do_not_pile_up_in_its_dead_bulkhead(
     clock: ManualClock,
 ) -> None:
@@ -635,12 +630,6 @@ def test_a_plain_function_returning_a_coroutine_hands_its_worker_on_by_chaining(
     books_balance(bulkhead.status(), 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_coroutine submits _contained(coro); when the loop has stopped, submit "
-    "closes the wrapper, which never started, so the operation's coroutine is left unclosed "
-    "('coroutine ... was never awaited')",
-)
 def test_a_coroutine_refused_by_a_stopped_loop_is_closed() -> None:
     from garrison._loop import EventLoopThread  # noqa: PLC0415
     from garrison.actors._run import run_coroutine  # noqa: PLC0415
@@ -763,12 +752,6 @@ def test_stopping_among_many_chaining_callers_answers_every_call_once(
     assert not bulkhead._running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_to_loop closes the coroutine of a plain function that was running when the "
-    "bulkhead stopped and answers CancelledError: a running operation does not finish, and "
-    "its caller is told it was cancelled (a coroutine operation running then does finish)",
-)
 def test_an_operation_running_when_the_bulkhead_stops_finishes_though_it_returns_a_coroutine(
     clock: ManualClock,
 ) -> None:

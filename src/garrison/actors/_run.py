@@ -78,7 +78,8 @@ def run_coroutine(
         return None
     try:
         running = loop.submit(_contained(coro))
-    except RuntimeError as error:
+    except RuntimeError as error:  # the loop has stopped (it closed the wrapper, not coro)
+        coro.close()
         reply.try_set_exception(error)
         return None
 

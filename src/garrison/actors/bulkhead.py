@@ -588,10 +588,11 @@ class BulkheadActor(Stage):
         coroutine runs on the loop like a coroutine operation (cancelled if abandoned)."""
         with self._lock:
             record = self._running.get(reply)
-            if record is not None and not record.abandoned and not self._closed:
+            if record is not None and not record.abandoned:
+                # Closed (stopping): a running operation still finishes, on the loop.
                 worker = record.worker
                 record.worker = record.job = None
-                if worker is not None and not (worker.retired or worker.dead):
+                if worker is not None and not (worker.retired or worker.dead or self._closed):
                     self._idle.append(worker)
                     if self._queued:
                         self._start_waiting()
@@ -602,7 +603,7 @@ class BulkheadActor(Stage):
                 coro = None
         if self._launches:
             self._launch()
-        if coro is not None:  # abandoned (answered already) or the bulkhead closed
+        if coro is not None:  # abandoned: its caller has been answered already
             coro.close()
             self._finished(reply, None, concurrent.futures.CancelledError())
 
