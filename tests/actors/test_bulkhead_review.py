@@ -15,12 +15,11 @@ from typing import Any
 
 import pytest
 
+from _helpers.bulkhead import Gate, books_balance, bulkhead_of, fused
 from garrison import ActorUnavailable, BulkheadFull, Execute, Future, GetStatus, Runtime
 from garrison._ref import Ref, actor_of
 from garrison.actors import bulkhead as bulkhead_module
-from garrison.actors._host import HostedRef, StageHost
 from garrison.actors.bulkhead import Abandon, BulkheadActor, BulkheadConfig
-from garrison.pipeline import Pipeline
 from garrison.testing import ManualClock
 
 WAIT = 5.0
@@ -37,46 +36,9 @@ def rt(clock: ManualClock) -> Iterator[Runtime]:
         yield runtime
 
 
-class Gate:
-    """Operations that block until released, telling the test when they started."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self._started = threading.Semaphore(0)
-
-    def fn(self, value: Any = None) -> Callable[[], Any]:
-        def blocked() -> Any:
-            self._started.release()
-            assert self.release.wait(WAIT)
-            return value
-
-        return blocked
-
-    def wait_started(self, n: int = 1) -> None:
-        for _ in range(n):
-            assert self._started.acquire(timeout=WAIT)
-
-
 def standalone(rt: Runtime, **config: Any) -> Ref:
     """A bulkhead actor of its own (every operation goes through its mailbox)."""
     return rt.spawn(BulkheadActor, BulkheadConfig(**config), name="bh")
-
-
-def fused(rt: Runtime, **config: Any) -> tuple[Pipeline, BulkheadActor]:
-    """A pipeline whose only stage is its bulkhead: callers admit through try_admit."""
-    api = rt.pipeline("p", bulkhead=BulkheadConfig(**config))
-    assert api.ref.settle(WAIT)  # started (calls made before that are tested below)
-    return api, _bulkhead_of(api)
-
-
-def _bulkhead_of(api: Pipeline) -> BulkheadActor:
-    ref = api.stages["bulkhead"]
-    assert isinstance(ref, HostedRef)
-    host = actor_of(ref.host.actor_ref)
-    assert isinstance(host, StageHost)
-    stage = host.stages[0]
-    assert isinstance(stage, BulkheadActor)
-    return stage
 
 
 def _hold(target: Any, hook: str) -> tuple[threading.Event, threading.Event]:
@@ -102,11 +64,6 @@ def plain(coroutine_function: Callable[..., Any]) -> Callable[..., Any]:
         return coroutine_function(*args)
 
     return call
-
-
-def _books_balance(status: dict[str, Any], workers: int) -> None:
-    assert (status["in_use"], status["queued"], status["idle_workers"]) == (0, 0, workers)
-    assert status["stuck_workers"] == 0
 
 
 # -- bugs the review found (fixed) ----------------------------------------------------------------
@@ -183,7 +140,7 @@ def test_a_coroutine_returned_by_a_plain_function_does_not_hold_a_worker(rt: Run
     finally:
         release.set()
     assert running.get(WAIT) == "coroutine"
-    _books_balance(ref.ask(GetStatus(), timeout=WAIT), 1)
+    books_balance(ref.ask(GetStatus(), timeout=WAIT), 1)
 
 
 def test_expired_waiting_operations_do_not_pile_up_while_the_workers_are_stuck(
@@ -254,7 +211,7 @@ def test_a_coroutine_raising_keyboard_interrupt_gets_it_as_its_outcome(rt: Runti
         reply = ref.ask_future(Execute(interrupted))
         assert isinstance(reply.exception(2.0), KeyboardInterrupt)
         assert loop.running  # the loop survives it, for every other coroutine
-        _books_balance(ref.ask(GetStatus(), timeout=WAIT), 1)
+        books_balance(ref.ask(GetStatus(), timeout=WAIT), 1)
     finally:
         # The bug kills the loop's thread before it closes its loop: close it for it.
         dead = loop._thread is not None and not loop._thread.is_alive()
@@ -280,7 +237,7 @@ def test_a_call_made_while_the_bulkhead_starts_waits_for_its_workers(
     future = api.submit(lambda: "ran")
     release.set()
     assert api.ref.settle(WAIT)
-    assert _bulkhead_of(api).status()["queued"] == 0
+    assert bulkhead_of(api).status()["queued"] == 0
     assert future.get(WAIT) == "ran"
 
 
@@ -312,7 +269,7 @@ def test_operations_queued_by_callers_run_by_priority_then_in_arrival_order(
     for future in futures:
         future.get(WAIT)
     assert order == ["high-1", "high-2", "normal-1", "normal-2", "low-1", "low-2"]
-    _books_balance(bulkhead.status(), 1)
+    books_balance(bulkhead.status(), 1)
 
 
 def test_callers_are_refused_at_max_queue_from_their_own_thread_and_counted(
@@ -333,7 +290,7 @@ def test_callers_are_refused_at_max_queue_from_their_own_thread_and_counted(
     assert blocked.get(WAIT) == "first"
     assert [f.get(WAIT) for f in queued] == [0, 1]
     status = bulkhead.status()
-    _books_balance(status, 1)
+    books_balance(status, 1)
     assert (status["completed"], status["rejected"]) == (3, 3)
 
 
@@ -356,7 +313,7 @@ def test_an_operation_queued_by_its_caller_waits_at_most_max_wait(
     assert api.ref.settle(WAIT)
     assert ran == []  # refused, so never run
     status = bulkhead.status()
-    _books_balance(status, 1)
+    books_balance(status, 1)
     assert status["wait_timeouts"] == 1
 
 
@@ -398,7 +355,7 @@ def test_max_wait_racing_a_freed_slot_gives_one_outcome_and_balanced_books(
     finally:
         sys.setswitchinterval(previous)
     status = bulkhead.status()
-    _books_balance(status, 1)
+    books_balance(status, 1)
     assert status["wait_timeouts"] == outcomes["expired"]
     assert status["completed"] == 40 + outcomes["ran"]
 
@@ -426,7 +383,7 @@ def test_one_sender_mixing_submit_and_the_stage_ref_keeps_its_order_in_the_queue
     assert started == list(range(12))
     assert api.ref.settle(WAIT)
     assert not bulkhead._detoured  # the fast path is open again
-    _books_balance(bulkhead.status(), 1)
+    books_balance(bulkhead.status(), 1)
 
 
 def test_operations_turned_away_by_a_busy_host_do_not_close_the_fast_path_for_good(
@@ -449,7 +406,7 @@ def test_operations_turned_away_by_a_busy_host_do_not_close_the_fast_path_for_go
     assert blocked.get(WAIT) == "ran"
     assert not bulkhead._detoured
     assert api.call(lambda: "fast") == "fast"
-    _books_balance(bulkhead.status(), 1)
+    books_balance(bulkhead.status(), 1)
 
 
 def test_past_the_abandon_cap_callers_are_refused_though_a_worker_is_idle(rt: Runtime) -> None:
@@ -469,7 +426,7 @@ def test_past_the_abandon_cap_callers_are_refused_though_a_worker_is_idle(rt: Ru
         assert api.ref.settle(WAIT)
         if bulkhead.status()["stuck_workers"] == 0:
             break
-    _books_balance(bulkhead.status(), 2)
+    books_balance(bulkhead.status(), 2)
     assert api.call(lambda: "after") == "after"
 
 
@@ -498,7 +455,7 @@ def test_keyboard_interrupt_from_a_plain_operation_is_its_outcome(rt: Runtime, p
     assert isinstance(submit(interrupted).exception(WAIT), KeyboardInterrupt)
     assert submit(lambda: "next").get(WAIT) == "next"
     assert bulkhead._workers == workers  # an operation's failure never crashes its worker
-    _books_balance(bulkhead.status(), 1)
+    books_balance(bulkhead.status(), 1)
 
 
 def test_coroutines_returned_by_plain_functions_get_their_outcomes(rt: Runtime) -> None:
@@ -518,7 +475,7 @@ def test_coroutines_returned_by_plain_functions_get_their_outcomes(rt: Runtime) 
         assert isinstance(future.exception(WAIT), LookupError)
     assert api.ref.settle(WAIT)
     status = bulkhead.status()
-    _books_balance(status, 2)
+    books_balance(status, 2)
     assert status["completed"] == 15
 
 
@@ -581,7 +538,7 @@ def test_many_callers_under_a_tiny_switch_interval_get_one_outcome_each(rt: Runt
     assert len(runs) + refused == senders * per_sender  # every other one ran
     assert api.ref.settle(WAIT)
     status = bulkhead.status()
-    _books_balance(status, 3)
+    books_balance(status, 3)
     assert (status["completed"], status["rejected"]) == (len(runs), refused)
     assert not bulkhead._detoured
 
@@ -629,14 +586,14 @@ def test_a_bulkhead_crash_answers_its_running_and_waiting_operations_once(
     assert "crashed" in str(error)
     ref = api.stages["bulkhead"]
     for _ in range(500):  # the supervisor restarts the host (asynchronously): bounded polling
-        if _bulkhead_of(api) is not bulkhead and ref.is_alive() and ref.settle(WAIT):
+        if bulkhead_of(api) is not bulkhead and ref.is_alive() and ref.settle(WAIT):
             break
         threading.Event().wait(0.01)
-    restarted = _bulkhead_of(api)
+    restarted = bulkhead_of(api)
     assert restarted is not bulkhead
     assert api.call(lambda: "new incarnation") == "new incarnation"
     gate.release.set()
     assert running.get(WAIT) == "finished by the old worker"
     assert ref.settle(WAIT)
-    _books_balance(restarted.status(), 1)
+    books_balance(restarted.status(), 1)
     assert restarted.status()["completed"] == 1  # the old incarnation's call is not its own

@@ -20,6 +20,7 @@ from typing import Any
 import pykka
 import pytest
 
+from _helpers.bulkhead import Gate, books_balance, bulkhead_of, fused
 from garrison import (
     ActorUnavailable,
     BulkheadFull,
@@ -30,10 +31,8 @@ from garrison import (
 )
 from garrison._actor import PING
 from garrison._ref import Ref, actor_of
-from garrison.actors._host import HostedRef, StageHost
 from garrison.actors.bulkhead import Abandon, BulkheadActor, BulkheadConfig
 from garrison.actors.worker import Job, WorkerActor
-from garrison.pipeline import Pipeline
 from garrison.testing import ManualClock
 
 WAIT = 5.0
@@ -101,46 +100,6 @@ def worker_of(rt: Runtime, name: str = "w") -> tuple[Ref, WorkerActor]:
     assert isinstance(actor, WorkerActor)
     assert ref.settle(WAIT)
     return ref, actor
-
-
-def fused(rt: Runtime, **config: Any) -> tuple[Pipeline, BulkheadActor]:
-    api = rt.pipeline("p", bulkhead=BulkheadConfig(**config))
-    assert api.ref.settle(WAIT)
-    return api, bulkhead_of(api)
-
-
-def bulkhead_of(api: Pipeline) -> BulkheadActor:
-    ref = api.stages["bulkhead"]
-    assert isinstance(ref, HostedRef)
-    host = actor_of(ref.host.actor_ref)
-    assert isinstance(host, StageHost)
-    (stage,) = [s for s in host.stages if isinstance(s, BulkheadActor)]
-    return stage
-
-
-class Gate:
-    """Operations that block until released, telling the test when they started."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self._started = threading.Semaphore(0)
-
-    def fn(self, value: Any = None) -> Callable[[], Any]:
-        def blocked() -> Any:
-            self._started.release()
-            assert self.release.wait(WAIT)
-            return value
-
-        return blocked
-
-    def wait_started(self, n: int = 1) -> None:
-        for _ in range(n):
-            assert self._started.acquire(timeout=WAIT)
-
-
-def books_balance(status: dict[str, Any], workers: int) -> None:
-    assert (status["in_use"], status["queued"], status["idle_workers"]) == (0, 0, workers)
-    assert status["stuck_workers"] == 0
 
 
 def worker_threads(bulkhead: BulkheadActor) -> set[int]:
