@@ -8,6 +8,8 @@ reliability suite runs the concurrency tests under it (tests/reliability/test_sw
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -27,3 +29,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(f"switch interval: {sys.getswitchinterval():g} s")
+
+
+@contextmanager
+def tiny_switch() -> Iterator[None]:
+    """Run the block with the thread switch interval at 1 µs (restored afterwards)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(TINY)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

@@ -8,7 +8,6 @@ The first group reproduces the bugs the review found (all fixed since).
 from __future__ import annotations
 
 import asyncio
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from _helpers.bulkhead import Gate, books_balance, bulkhead_of, fused
+from _helpers.tiny_switch import tiny_switch
 from garrison import ActorUnavailable, BulkheadFull, Execute, Future, GetStatus, Runtime
 from garrison._ref import Ref, actor_of
 from garrison.actors import bulkhead as bulkhead_module
@@ -321,11 +321,9 @@ def test_max_wait_racing_a_freed_slot_gives_one_outcome_and_balanced_books(
     rt: Runtime, clock: ManualClock
 ) -> None:
     api, bulkhead = fused(rt, max_workers=1, max_queue=1, max_wait=1.0)
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     ran: list[int] = []
     outcomes = {"ran": 0, "expired": 0}
-    try:
+    with tiny_switch():
         for i in range(40):
             gate = Gate()
             blocked = api.submit(gate.fn())
@@ -352,8 +350,6 @@ def test_max_wait_racing_a_freed_slot_gives_one_outcome_and_balanced_books(
                 assert isinstance(error, BulkheadFull)
                 assert i not in ran  # refused and run: two outcomes for one operation
                 outcomes["expired"] += 1
-    finally:
-        sys.setswitchinterval(previous)
     status = bulkhead.status()
     books_balance(status, 1)
     assert status["wait_timeouts"] == outcomes["expired"]
@@ -513,15 +509,11 @@ def test_many_callers_under_a_tiny_switch_interval_get_one_outcome_each(rt: Runt
             futures[sender, n] = views[n % 3].submit(fn, sender, n)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with tiny_switch():
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(WAIT * 2)
-    finally:
-        sys.setswitchinterval(previous)
     assert len(futures) == senders * per_sender
     refused = 0
     for key, future in futures.items():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,6 +20,7 @@ import pykka
 import pytest
 
 from _helpers.bulkhead import Gate, books_balance, bulkhead_of, fused
+from _helpers.tiny_switch import tiny_switch
 from garrison import (
     ActorUnavailable,
     BulkheadFull,
@@ -395,15 +395,11 @@ def test_many_callers_chaining_on_few_workers_get_one_outcome_each(rt: Runtime) 
                     futures[sender, n].get(WAIT)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with tiny_switch():
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(WAIT * 2)
-    finally:
-        sys.setswitchinterval(previous)
     assert not any(thread.is_alive() for thread in threads)
     refused = 0
     for key, future in futures.items():
@@ -464,18 +460,16 @@ def test_timeouts_abandoning_chained_and_queued_work_leave_balanced_books(
             futures[n] = api.submit(coroutine_op if n % 3 == 2 else op, n)
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
     try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(WAIT * 2)
-        for _ in range(5):
-            assert api.ref.settle(WAIT)
-            clock.advance(1.0)  # time out what runs or waits now
+        with tiny_switch():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(WAIT * 2)
+            for _ in range(5):
+                assert api.ref.settle(WAIT)
+                clock.advance(1.0)  # time out what runs or waits now
     finally:
-        sys.setswitchinterval(previous)
         release.set()
     timed_out = sum(isinstance(f.exception(WAIT), OperationTimeout) for f in futures.values())
     assert timed_out > 0
@@ -631,9 +625,7 @@ def test_a_bulkhead_crash_among_many_chaining_callers_answers_every_call_once(
         raise RuntimeError("bulkhead bug")
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with tiny_switch():
         for thread in threads:
             thread.start()
         go.wait(WAIT)
@@ -642,8 +634,6 @@ def test_a_bulkhead_crash_among_many_chaining_callers_answers_every_call_once(
             api.status()
         for thread in threads:
             thread.join(WAIT * 2)
-    finally:
-        sys.setswitchinterval(previous)
     assert not any(thread.is_alive() for thread in threads)
     unavailable = 0
     for key, future in futures.items():
@@ -686,17 +676,13 @@ def test_stopping_among_many_chaining_callers_answers_every_call_once(
                 futures[sender, n] = api.submit(ops[kind], (sender, n))
 
         threads = [threading.Thread(target=send, args=(i,)) for i in range(senders)]
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(1e-6)
-        try:
+        with tiny_switch():
             for thread in threads:
                 thread.start()
             go.wait(WAIT)
             runtime.stop(WAIT)
             for thread in threads:
                 thread.join(WAIT * 2)
-        finally:
-            sys.setswitchinterval(previous)
     assert not any(thread.is_alive() for thread in threads)
     for key, future in futures.items():
         error = future.exception(WAIT)

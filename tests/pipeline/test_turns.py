@@ -7,7 +7,6 @@ crashed answered with the error).
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from pykka._envelope import Envelope
 
+from _helpers.tiny_switch import tiny_switch
 from garrison import Execute, Future, Runtime
 from garrison._mailbox import Mailbox
 from garrison._ref import Ref, actor_of
@@ -167,24 +167,19 @@ def test_a_busy_host_does_not_lend_its_turn(rt: Runtime) -> None:
 def test_a_message_never_overtakes_one_its_sender_queued_before() -> None:
     """The sender's first message goes through the mailbox; the second must not run inline
     before it (it would, nearly always, without the host's count of unhandled messages)."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        with Runtime(name="rt") as rt:
-            ref, host = _host(rt, *_pooled("ab"))
-            replies = []
-            for round_ in range(300):
-                first: Future[Any] = Future()
-                ref.forward(Execute(_noop, name=f"{round_}-first"), first)
-                ran, second = _send(host, Execute(_noop, name=f"{round_}-second"))
-                if not ran:
-                    ref.forward(Execute(_noop, name=f"{round_}-second"), second)
-                replies += [first, second]
-            for reply in replies:
-                reply.get(WAIT)
-            seen = HostedRef(ref, 0, "a").ask("seen", WAIT)
-    finally:
-        sys.setswitchinterval(previous)
+    with tiny_switch(), Runtime(name="rt") as rt:
+        ref, host = _host(rt, *_pooled("ab"))
+        replies = []
+        for round_ in range(300):
+            first: Future[Any] = Future()
+            ref.forward(Execute(_noop, name=f"{round_}-first"), first)
+            ran, second = _send(host, Execute(_noop, name=f"{round_}-second"))
+            if not ran:
+                ref.forward(Execute(_noop, name=f"{round_}-second"), second)
+            replies += [first, second]
+        for reply in replies:
+            reply.get(WAIT)
+        seen = HostedRef(ref, 0, "a").ask("seen", WAIT)
     expected = [f"{r}-{which}" for r in range(300) for which in ("first", "second")]
     assert seen == expected
 
@@ -215,26 +210,20 @@ def test_a_crash_in_a_lent_turn_is_the_hosts_crash(rt: Runtime) -> None:
 
 
 def test_messages_queued_behind_a_crash_in_a_lent_turn_reach_the_next_incarnation() -> None:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        with Runtime(name="rt") as rt:
-            ref, _ = _host(rt, *_pooled("ab"))
-            outcomes: list[Future[Any]] = []
-            for index in range(50):
-                reply: Future[Any] = Future()
-                crash = "b" if index == 25 else None
-                message = Execute(_noop, name=str(index), kwargs={"crash": crash})
-                current = actor_of(ref.actor_ref)
-                if not (
-                    isinstance(current, StageHost)
-                    and current.run_inline(0, Envelope(message, reply))
-                ):
-                    ref.forward(message, reply)
-                outcomes.append(reply)
-            errors = [reply.exception(WAIT) for reply in outcomes]
-    finally:
-        sys.setswitchinterval(previous)
+    with tiny_switch(), Runtime(name="rt") as rt:
+        ref, _ = _host(rt, *_pooled("ab"))
+        outcomes: list[Future[Any]] = []
+        for index in range(50):
+            reply: Future[Any] = Future()
+            crash = "b" if index == 25 else None
+            message = Execute(_noop, name=str(index), kwargs={"crash": crash})
+            current = actor_of(ref.actor_ref)
+            if not (
+                isinstance(current, StageHost) and current.run_inline(0, Envelope(message, reply))
+            ):
+                ref.forward(message, reply)
+            outcomes.append(reply)
+        errors = [reply.exception(WAIT) for reply in outcomes]
     # exactly the crashing operation failed; every other one got its result
     assert [index for index, error in enumerate(errors) if error is not None] == [25]
     assert isinstance(errors[25], Boom)

@@ -20,6 +20,7 @@ import pykka
 import pytest
 from pykka._envelope import Envelope
 
+from _helpers.tiny_switch import tiny_switch
 from garrison import Execute, Future, Runtime
 from garrison._actor import Actor
 from garrison._mailbox import Mailbox
@@ -190,12 +191,8 @@ def _watched(starts: list[Watch], workers: int = 2) -> list[HostedStage]:
 
 
 def _switching(test: Callable[[], None]) -> None:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
+    with tiny_switch():
         test()
-    finally:
-        sys.setswitchinterval(previous)
 
 
 # ------------------------------------------------------------------------------------------
